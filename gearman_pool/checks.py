@@ -1,0 +1,101 @@
+"""System checks for the GEARMAN_* settings; ids are stable, gearman_pool.E001 and up."""
+
+from __future__ import annotations
+
+import numbers
+
+from django.conf import settings
+from django.core.checks import Error
+
+from gearman_pool.address import ServerAddress
+from gearman_pool.errors import InvalidServerAddress
+
+
+def check_settings(app_configs=None, **kwargs):
+    errors = []
+    errors.extend(_check_servers())
+    errors.extend(_check_namespace())
+    errors.extend(_check_connect_timeout())
+    errors.extend(_check_pool_workers())
+    return errors
+
+
+def _check_servers():
+    servers = getattr(settings, "GEARMAN_SERVERS", None)
+    if servers is None:
+        return []
+    if not isinstance(servers, (list, tuple)) or not servers:
+        return [
+            Error(
+                f"GEARMAN_SERVERS must be a non-empty list of 'host:port' strings, got {servers!r}.",
+                hint="For example: GEARMAN_SERVERS = ['127.0.0.1:4730']",
+                id="gearman_pool.E001",
+            )
+        ]
+    errors = []
+    for value in servers:
+        try:
+            ServerAddress.parse(value)
+        except InvalidServerAddress as exc:
+            errors.append(
+                Error(
+                    f"GEARMAN_SERVERS contains an invalid address {value!r}: {exc}.",
+                    hint="Use 'host', 'host:port' or '[ipv6]:port'; the default port is 4730.",
+                    id="gearman_pool.E002",
+                )
+            )
+    return errors
+
+
+def _check_namespace():
+    namespace = getattr(settings, "GEARMAN_CLIENT_NAMESPACE", None)
+    if namespace is None or namespace == "":
+        return []
+    if not isinstance(namespace, str) or any(char.isspace() or char == "\x00" for char in namespace):
+        return [
+            Error(
+                f"GEARMAN_CLIENT_NAMESPACE must be a string without white space or NUL, got {namespace!r}.",
+                hint="For example: GEARMAN_CLIENT_NAMESPACE = 'staging'",
+                id="gearman_pool.E003",
+            )
+        ]
+    return []
+
+
+def _check_connect_timeout():
+    timeout = getattr(settings, "GEARMAN_CONNECT_TIMEOUT", None)
+    if timeout is None:
+        return []
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+        return [
+            Error(
+                f"GEARMAN_CONNECT_TIMEOUT must be a positive number of seconds, got {timeout!r}.",
+                id="gearman_pool.E004",
+            )
+        ]
+    return []
+
+
+def _check_pool_workers():
+    workers = getattr(settings, "GEARMAN_POOL_WORKERS", None)
+    if workers is None:
+        return []
+    if not isinstance(workers, dict):
+        return [
+            Error(
+                f"GEARMAN_POOL_WORKERS must be a dict of {{name: child count}}, got {workers!r}.",
+                hint="For example: GEARMAN_POOL_WORKERS = {'data_import': 4, 'send_invoices': 2}",
+                id="gearman_pool.E005",
+            )
+        ]
+    errors = []
+    for name, count in workers.items():
+        if not isinstance(name, str) or not name or isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            errors.append(
+                Error(
+                    f"GEARMAN_POOL_WORKERS entry {name!r}: {count!r} is invalid; "
+                    "the name must be a task or worker command name and the count an integer of at least 1.",
+                    id="gearman_pool.E005",
+                )
+            )
+    return errors
