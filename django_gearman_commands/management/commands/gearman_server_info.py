@@ -1,0 +1,3 @@
+from gearman_pool.management.commands.gearman_server_info import Command
+
+__all__ = ["Command"]

@@ -1,0 +1,3 @@
+from gearman_pool.management.commands.gearman_submit_job import Command
+
+__all__ = ["Command"]

@@ -1,0 +1,65 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from gearman_pool.conf import gearman_settings
+from gearman_pool.errors import InvalidServerAddress
+from gearman_pool.logs import ensure_log_handler
+from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, PoolMaster
+from gearman_pool.pool.spec import (
+    PoolConfigurationError,
+    describe_valid_names,
+    discover_worker_commands,
+    parse_workers_option,
+    resolve_entries,
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a supervised pool of Gearman workers: N forked children per worker command, "
+        "replaced when they die, stopped gracefully on SIGTERM or SIGINT."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--workers",
+            metavar="NAME=COUNT[,NAME=COUNT...]",
+            help=(
+                "Children per task, e.g. data_import=4,send_invoices=2. NAME is a task name or a "
+                "gearman_worker_* command name. Default: the GEARMAN_POOL_WORKERS setting."
+            ),
+        )
+        parser.add_argument(
+            "--graceful-timeout",
+            type=float,
+            default=DEFAULT_GRACEFUL_TIMEOUT,
+            metavar="SECONDS",
+            help=(
+                "On SIGTERM or SIGINT, how long children may take to finish their jobs before "
+                f"they are killed (default: {DEFAULT_GRACEFUL_TIMEOUT:g})."
+            ),
+        )
+
+    def handle(self, *args, **options):
+        graceful_timeout = options["graceful_timeout"]
+        if not graceful_timeout >= 0:
+            raise CommandError(f"invalid --graceful-timeout {graceful_timeout!r}: give a number of seconds, 0 or more")
+        try:
+            gearman_settings.servers
+            discovered = discover_worker_commands()
+            if options["workers"] is None:
+                pairs = list(gearman_settings.pool_workers.items())
+                if not pairs:
+                    raise PoolConfigurationError(
+                        "no workers to run: pass --workers NAME=COUNT or set GEARMAN_POOL_WORKERS. "
+                        + describe_valid_names(discovered)
+                    )
+            else:
+                pairs = parse_workers_option(options["workers"])
+            entries = resolve_entries(pairs, discovered)
+        except (PoolConfigurationError, InvalidServerAddress) as exc:
+            raise CommandError(str(exc)) from None
+
+        ensure_log_handler()
+        exit_code = PoolMaster(entries, graceful_timeout=graceful_timeout).run()
+        if exit_code:
+            raise CommandError("every task failed to start; see the log above", returncode=exit_code)

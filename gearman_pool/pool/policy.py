@@ -1,0 +1,73 @@
+"""Restart policy: when to replace a dead child, per task.
+
+A child that exits within ``boot_window`` seconds of its start is a boot failure.
+Consecutive boot failures of one task delay that task's next spawn exponentially, with
+jitter, up to ``max_delay``; after ``max_boot_failures`` in a row the task is marked
+failed and gets no more children, while other tasks keep serving. A child that outlived
+the boot window resets its task's count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+DEFAULT_BOOT_WINDOW = 5.0
+DEFAULT_INITIAL_DELAY = 0.5
+DEFAULT_MAX_DELAY = 30.0
+DEFAULT_MAX_BOOT_FAILURES = 10
+
+
+@dataclasses.dataclass
+class TaskRestartState:
+    boot_failures: int = 0
+    next_spawn_at: float = 0.0
+    failed: bool = False
+
+
+class RestartPolicy:
+    def __init__(
+        self,
+        boot_window: float = DEFAULT_BOOT_WINDOW,
+        initial_delay: float = DEFAULT_INITIAL_DELAY,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        max_boot_failures: int = DEFAULT_MAX_BOOT_FAILURES,
+        jitter=random.uniform,
+    ):
+        self.boot_window = boot_window
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.max_boot_failures = max_boot_failures
+        self._jitter = jitter
+        self._tasks: dict[str, TaskRestartState] = {}
+
+    def state(self, task: str) -> TaskRestartState:
+        return self._tasks.setdefault(task, TaskRestartState())
+
+    def record_exit(self, task: str, started_at: float, now: float) -> float:
+        """Record a child's exit and return the delay before its replacement, in seconds.
+
+        Returns 0.0 when the child ran past the boot window.
+        """
+        state = self.state(task)
+        if now - started_at >= self.boot_window:
+            state.boot_failures = 0
+            state.next_spawn_at = now
+            return 0.0
+        state.boot_failures += 1
+        if state.boot_failures >= self.max_boot_failures:
+            state.failed = True
+        delay = min(self.max_delay, self.initial_delay * 2 ** (state.boot_failures - 1))
+        delay *= self._jitter(0.8, 1.2)
+        state.next_spawn_at = now + delay
+        return delay
+
+    def may_spawn(self, task: str, now: float) -> bool:
+        state = self.state(task)
+        return not state.failed and now >= state.next_spawn_at
+
+    def next_spawn_time(self, task: str) -> float:
+        return self.state(task).next_spawn_at
+
+    def is_failed(self, task: str) -> bool:
+        return self.state(task).failed

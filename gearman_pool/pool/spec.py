@@ -1,0 +1,132 @@
+"""Which worker commands the pool runs, and how many children each: parsing and discovery."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from django.core.management import get_commands, load_command_class
+
+from gearman_pool.jobs import InvalidWorkerCommand, resolve_task_name
+from gearman_pool.worker_command import GearmanWorkerBaseCommand
+
+COMMAND_PREFIX = "gearman_worker_"
+
+
+class PoolConfigurationError(ValueError):
+    """Invalid --workers or GEARMAN_POOL_WORKERS input, or a broken worker command."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerCommandInfo:
+    command_name: str
+    app_name: str
+    task_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolEntry:
+    """One task served by ``count`` children, each running ``command_name``."""
+
+    command_name: str
+    app_name: str
+    task_name: str
+    count: int
+
+
+def discover_worker_commands() -> dict[str, WorkerCommandInfo]:
+    """Import every ``gearman_worker_*`` command and return them by command name.
+
+    An import error is not hidden: it becomes a PoolConfigurationError naming the
+    command, with the original exception (file and line for a SyntaxError) chained.
+    """
+    found = {}
+    for command_name, app_name in sorted(get_commands().items()):
+        if not command_name.startswith(COMMAND_PREFIX):
+            continue
+        try:
+            command = load_command_class(app_name, command_name)
+        except Exception as exc:
+            raise PoolConfigurationError(
+                f"cannot import worker command {command_name!r} of app {app_name!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(command, GearmanWorkerBaseCommand):
+            continue
+        try:
+            task_name = resolve_task_name(command)
+        except InvalidWorkerCommand as exc:
+            raise PoolConfigurationError(str(exc)) from None
+        found[command_name] = WorkerCommandInfo(command_name, app_name, task_name)
+    return found
+
+
+def parse_workers_option(text: str) -> list[tuple[str, str]]:
+    """Split "name=count,name=count" into (name, count text) pairs, checking the form."""
+    entries = [part.strip() for part in text.split(",")]
+    if not text.strip() or not any(entries):
+        raise PoolConfigurationError("--workers is empty: give NAME=COUNT pairs, e.g. --workers data_import=4")
+    pairs = []
+    for entry in entries:
+        if not entry:
+            raise PoolConfigurationError(f"--workers {text!r} contains an empty entry; remove the extra comma")
+        name, separator, count = entry.partition("=")
+        if not separator:
+            raise PoolConfigurationError(f"invalid --workers entry {entry!r}: expected NAME=COUNT, e.g. {entry}=2")
+        pairs.append((name.strip(), count.strip()))
+    return pairs
+
+
+def resolve_entries(pairs, discovered: dict[str, WorkerCommandInfo]) -> list[PoolEntry]:
+    """Match (name, count) pairs to worker commands; a name is a task or a command name.
+
+    Collects every problem and raises one PoolConfigurationError listing them all,
+    followed by the valid names.
+    """
+    by_task = {info.task_name: info for info in discovered.values()}
+    problems = []
+    entries = []
+    seen = {}
+    for name, count_value in pairs:
+        info = discovered.get(name) or by_task.get(name)
+        if info is None:
+            problems.append(f"unknown worker {name!r}")
+            continue
+        count = _parse_count(name, count_value, problems)
+        if count is None:
+            continue
+        if info.command_name in seen:
+            problems.append(f"{name!r} repeats {seen[info.command_name]!r}; name each task once")
+            continue
+        seen[info.command_name] = name
+        entries.append(PoolEntry(info.command_name, info.app_name, info.task_name, count))
+
+    if not pairs:
+        problems.append("no workers given")
+    if problems:
+        raise PoolConfigurationError(f"invalid --workers: {'; '.join(problems)}. {describe_valid_names(discovered)}")
+    return entries
+
+
+def describe_valid_names(discovered: dict[str, WorkerCommandInfo]) -> str:
+    if not discovered:
+        return (
+            "No worker commands were found: add a gearman_worker_<task> command "
+            "subclassing GearmanWorkerBaseCommand to an installed app."
+        )
+    names = ", ".join(f"{info.task_name} ({info.command_name})" for info in discovered.values())
+    return f"Valid names: {names}."
+
+
+def _parse_count(name, value, problems) -> int | None:
+    if isinstance(value, bool):
+        problems.append(f"count {value!r} for {name!r} is not an integer")
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        problems.append(f"count {value!r} for {name!r} is not an integer")
+        return None
+    if count < 1:
+        problems.append(f"count {count} for {name!r} is below 1")
+        return None
+    return count
