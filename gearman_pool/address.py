@@ -32,9 +32,11 @@ class ServerAddress:
             raise InvalidServerAddress(
                 f"invalid Gearman server address {text!r}: the host is empty; use 'host:port', e.g. '127.0.0.1:4730'"
             )
+        if any(char.isspace() for char in host):
+            raise InvalidServerAddress(f"invalid Gearman server address {text!r}: the host contains white space")
         if port_text is None:
             return cls(host, DEFAULT_PORT)
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise InvalidServerAddress(
                 f"invalid Gearman server address {text!r}: port {port_text!r} is not a number from 1 to 65535"
             )
@@ -69,8 +71,6 @@ def _split_host_port(value: str, original: str) -> tuple[str, str | None]:
     if ":" in value:
         host, port_text = value.split(":")
         return host, port_text
-    if any(char.isspace() for char in value):
-        raise InvalidServerAddress(f"invalid Gearman server address {original!r}: the host contains white space")
     return value, None
 
 

@@ -1,0 +1,246 @@
+"""Fixtures for gearmand servers and for management commands run as child processes.
+
+The shared gearmand: runtests.py starts one and sets GEARMAN_TEST_SERVER. Under a plain
+`pytest` run, pytest_configure() below starts one instead. pytest-django imports
+tests.settings before any conftest.py is loaded, so settings.py cannot see an address that is
+chosen here. pytest_configure() therefore also sets settings.GEARMAN_SERVERS, once, before
+the first test. Child processes read GEARMAN_TEST_SERVER when they import the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.gearmand import GearmandError, GearmandProcess
+
+try:
+    import psutil
+except ImportError:  # psutil is in the `test` extra, but the fixtures work without it.
+    psutil = None
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVER_ENV = "GEARMAN_TEST_SERVER"
+MANAGE_TIMEOUT = 60.0
+KILL_WAIT_TIMEOUT = 5.0
+
+session_gearmand_key = pytest.StashKey[GearmandProcess]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("help") or config.getoption("version"):
+        return
+    if os.environ.get(SERVER_ENV):
+        return
+
+    try:
+        server = GearmandProcess().start()
+    except GearmandError as error:
+        raise pytest.UsageError(f"Cannot start gearmand for the tests: {error}") from error
+    config.stash[session_gearmand_key] = server
+    os.environ[SERVER_ENV] = server.address
+
+    from django.conf import settings
+
+    if settings.configured:
+        settings.GEARMAN_SERVERS = [server.address]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(session_gearmand_key, None)
+    if server is not None:
+        server.stop()
+        del config.stash[session_gearmand_key]
+        del os.environ[SERVER_ENV]
+
+    remove_temporary_sqlite_files()
+
+
+def remove_temporary_sqlite_files() -> None:
+    """Delete the SQLite file that tests/settings.py picked for this run, if it still exists.
+
+    pytest-django deletes the test database file itself, but only in a run that used the
+    database. A management command started by a test can create the file in other runs.
+    """
+    from django.conf import settings
+
+    if not settings.configured or not getattr(settings, "SQLITE_PATH_IS_TEMPORARY", False):
+        return
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{settings.SQLITE_PATH}{suffix}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    source = "started by this pytest run" if session_gearmand_key in config.stash else SERVER_ENV
+    return f"gearmand: {os.environ.get(SERVER_ENV)} ({source})"
+
+
+@pytest.fixture(scope="session")
+def gearmand_address() -> str:
+    """Address "127.0.0.1:PORT" of the gearmand shared by the whole test session."""
+    return os.environ[SERVER_ENV]
+
+
+@pytest.fixture
+def gearmand_factory() -> Iterator[Callable[..., GearmandProcess]]:
+    """Start private gearmand servers with extra arguments. All are stopped after the test.
+
+    Example: `server = gearmand_factory("--job-retries=1")`.
+    """
+    servers: list[GearmandProcess] = []
+
+    def start(*extra_args: str) -> GearmandProcess:
+        server = GearmandProcess(extra_args=extra_args)
+        servers.append(server)
+        return server.start()
+
+    yield start
+
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def private_gearmand(gearmand_factory: Callable[..., GearmandProcess]) -> GearmandProcess:
+    """A gearmand for one test, which may stop, restart or reconfigure it (e.g. maxqueue)."""
+    return gearmand_factory()
+
+
+class ManageProcess(subprocess.Popen):
+    """A `python -m django` child process whose stdout and stderr go to files."""
+
+    def __init__(self, args: Sequence[str], *, stdout_path: Path, stderr_path: Path, **kwargs):
+        self.stdout_path = stdout_path
+        self.stderr_path = stderr_path
+        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+            super().__init__(args, stdout=stdout, stderr=stderr, **kwargs)
+
+    def read_stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def read_stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def manage_command(args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "django", *args, "--settings=tests.settings"]
+
+
+def manage_env(gearmand_address: str, overrides: Mapping[str, str] | None) -> dict[str, str]:
+    """Build the environment of a management command started by a test.
+
+    The child uses the shared gearmand and the test database that pytest-django created.
+    `overrides` may replace any variable, e.g. GEARMAN_TEST_SERVER with a private server.
+    """
+    env = dict(os.environ)
+    python_path = [str(REPO_ROOT)]
+    if env.get("PYTHONPATH"):
+        python_path.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(python_path)
+    env[SERVER_ENV] = gearmand_address
+    env["TEST_DB_USE_TEST_NAME"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    if overrides:
+        env.update(overrides)
+    return env
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a child process and, where psutil is installed, all its descendants, and reap it.
+
+    The process is stopped (SIGSTOP) first, so it cannot start new children while they are
+    listed. Without psutil only the process itself is killed.
+    """
+    if process.poll() is None:
+        descendants = []
+        if psutil is not None:
+            try:
+                os.kill(process.pid, signal.SIGSTOP)
+                descendants = psutil.Process(process.pid).children(recursive=True)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        for descendant in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                descendant.kill()
+        process.kill()
+        # Orphaned descendants are reaped by init. Waiting for them here makes sure that none
+        # of them still has a port or a database connection open when the next test starts.
+        if descendants:
+            psutil.wait_procs(descendants, timeout=KILL_WAIT_TIMEOUT)
+    process.wait()
+
+
+@pytest.fixture
+def run_manage(gearmand_address: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a management command with tests.settings in a child process and return the result.
+
+    Call as `run_manage("gearman_submit_job", "task", env={...}, timeout=60, input=None)`.
+    stdout and stderr are captured as text. On a timeout, the whole process tree is killed and
+    subprocess.TimeoutExpired is raised.
+    """
+
+    def run(
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = MANAGE_TIMEOUT,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        command = manage_command(args)
+        with subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=manage_env(gearmand_address, env),
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process:
+            try:
+                stdout, stderr = process.communicate(input, timeout=timeout)
+            except BaseException:
+                kill_process_tree(process)
+                raise
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+    return run
+
+
+@pytest.fixture
+def spawn_manage(gearmand_address: str, tmp_path: Path) -> Iterator[Callable[..., ManageProcess]]:
+    """Start a management command with tests.settings in the background.
+
+    Call as `spawn_manage("gearman_pool", "--workers=...", env={...})`. The returned process
+    writes its stdout and stderr to files in tmp_path (see ManageProcess.read_stdout). It shares
+    the process group of pytest. After the test, every process started here is killed with
+    SIGKILL, together with its descendants, and reaped.
+    """
+    processes: list[ManageProcess] = []
+    counter = itertools.count(1)
+
+    def spawn(*args: str, env: Mapping[str, str] | None = None) -> ManageProcess:
+        number = next(counter)
+        process = ManageProcess(
+            manage_command(args),
+            stdout_path=tmp_path / f"manage-{number}.stdout",
+            stderr_path=tmp_path / f"manage-{number}.stderr",
+            cwd=REPO_ROOT,
+            env=manage_env(gearmand_address, env),
+            stdin=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return process
+
+    yield spawn
+
+    for process in processes:
+        kill_process_tree(process)
