@@ -98,10 +98,11 @@ def build_job_runner(command) -> JobRunner:
     return JobRunner(resolve_task_name(command), command.do_job, encoding)
 
 
-def build_worker(commands, *, keep_running=None, client_id=None) -> GearmanWorker:
+def build_worker(commands, **worker_options) -> GearmanWorker:
     """Create a protocol worker serving the tasks of the given worker commands.
 
     Task names get the GEARMAN_CLIENT_NAMESPACE suffix here, once, for every caller.
+    ``worker_options`` go to GearmanWorker (keep_running, client_id, callbacks).
     """
     handlers = {}
     for command in commands:
@@ -110,7 +111,6 @@ def build_worker(commands, *, keep_running=None, client_id=None) -> GearmanWorke
     return GearmanWorker(
         gearman_settings.servers,
         handlers,
-        client_id=client_id,
         connect_timeout=gearman_settings.connect_timeout,
-        keep_running=keep_running,
+        **worker_options,
     )

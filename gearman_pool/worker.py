@@ -73,7 +73,9 @@ class GearmanWorker:
     WORK_EXCEPTION carrying "ExceptionType: message"; the worker then serves the next job.
 
     ``keep_running`` is called between jobs and on every idle tick; returning False
-    stops the loop like ``request_stop()`` does.
+    stops the loop like ``request_stop()`` does. ``on_registered(address)`` is called
+    after each successful registration at a server, and ``on_job_finished(job, ok)``
+    after each job's result was sent; the pool uses both to report to its master.
     """
 
     def __init__(
@@ -87,6 +89,8 @@ class GearmanWorker:
         keep_running: Callable[[], bool] | None = None,
         tick_interval: float = TICK_INTERVAL,
         reconnect_max_delay: float = RECONNECT_MAX_DELAY,
+        on_registered: Callable[[ServerAddress], None] | None = None,
+        on_job_finished: Callable[[Job, bool], None] | None = None,
     ):
         if not servers:
             raise ValueError("GearmanWorker needs at least one server address")
@@ -97,6 +101,8 @@ class GearmanWorker:
         self.keep_running = keep_running
         self.tick_interval = tick_interval
         self.reconnect_max_delay = reconnect_max_delay
+        self.on_registered = on_registered
+        self.on_job_finished = on_job_finished
         self.jobs_done = 0
         self._servers = [
             _ServerState(Connection(address, connect_timeout=connect_timeout, io_timeout=io_timeout))
@@ -199,6 +205,8 @@ class GearmanWorker:
                     os.getpid(),
                 )
             state.failures = 0
+            if self.on_registered is not None:
+                self.on_registered(state.connection.address)
 
     def _register(self, state: _ServerState) -> None:
         connection = state.connection
@@ -302,6 +310,7 @@ class GearmanWorker:
             self._send_result(job, PacketType.WORK_FAIL, job.handle)
             return
 
+        ok = False
         try:
             result = handler(job)
             if result is None:
@@ -314,7 +323,10 @@ class GearmanWorker:
             self._send_result(job, PacketType.WORK_EXCEPTION, job.handle, message)
         else:
             self._send_result(job, PacketType.WORK_COMPLETE, job.handle, bytes(result))
+            ok = True
         self.jobs_done += 1
+        if self.on_job_finished is not None:
+            self.on_job_finished(job, ok)
 
     def _send_result(self, job: Job, packet_type: PacketType, *args: bytes) -> None:
         try:

@@ -34,12 +34,20 @@ class GearmanWorkerBaseCommand(BaseCommand):
     - An exception in ``do_job`` is logged once and reported to the client as a
       failure carrying the exception text; the worker then serves the next job.
     - ``exit_after_job = True`` (or ``--exit-after-job``) stops after one job.
+    - ``prepare_worker()`` runs once in the serving process before it registers.
     """
 
     help = "Serve this Gearman task in one process until SIGTERM or SIGINT."
     task_name: str | None = None
     job_data_encoding: str | None = "utf-8"
     exit_after_job = False
+
+    def prepare_worker(self):
+        """Hook called once in the serving process before it registers at gearmand.
+
+        In a pool that is each child, right after fork(): the place to open per-process
+        resources. An exception here is a boot failure, which the pool backs off from.
+        """
 
     def do_job(self, job_data):
         raise NotImplementedError(f"{type(self).__module__} must implement do_job(job_data)")
@@ -58,6 +66,7 @@ class GearmanWorkerBaseCommand(BaseCommand):
         except (InvalidServerAddress, InvalidWorkerCommand) as exc:
             raise CommandError(str(exc)) from None
         ensure_log_handler()
+        self.prepare_worker()
         max_jobs = 1 if options["exit_after_job"] or self.exit_after_job else None
         task = next(iter(worker.handlers)).decode()
 

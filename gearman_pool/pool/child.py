@@ -1,5 +1,9 @@
-"""What a pool child runs after fork(): signal setup, then the same worker loop as
-``manage.py gearman_worker_<task>``. ``run_child`` never returns into the master's code."""
+"""What a pool child runs after fork(): signal set-up, then the same worker loop as
+``manage.py gearman_worker_<task>``. ``run_child`` never returns into the master's code.
+
+The child reports to the master over a pipe, one ASCII line per event: "ready" once it
+has registered at a job server, "job" after each job.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from django.core.management import load_command_class
 
 from gearman_pool.errors import InvalidServerAddress
 from gearman_pool.jobs import InvalidWorkerCommand, build_worker
+from gearman_pool.pool.database import discard_inherited_connections
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,9 @@ EXIT_BOOT_ERROR = 3
 EXIT_MASTER_GONE = 4
 
 PR_SET_PDEATHSIG = 1
+
+MESSAGE_READY = b"ready\n"
+MESSAGE_JOB = b"job\n"
 
 
 def set_parent_death_signal(signum: int) -> bool:
@@ -41,11 +49,27 @@ def set_parent_death_signal(signum: int) -> bool:
         return False
 
 
-def run_child(entry, slot: int, master_pid: int, master_fds, blocked_mask) -> None:
+class MasterPipe:
+    """The write end of the child's pipe to the master; never blocks the worker."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def send(self, message: bytes) -> None:
+        try:
+            os.write(self.fd, message)
+        except (BlockingIOError, BrokenPipeError):
+            # A full pipe means the master is behind; a broken one that it is gone. The
+            # parent-pid check handles the second case, so the message can be dropped.
+            pass
+
+
+def run_child(entry, slot: int, master_pid: int, report_fd: int, master_fds, blocked_mask) -> None:
     """Serve ``entry``'s task in this forked child, then end the process with os._exit."""
     code = EXIT_CRASHED
     try:
-        code = _serve(entry, slot, master_pid, master_fds, blocked_mask)
+        code = _serve(entry, slot, master_pid, report_fd, master_fds, blocked_mask)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_CRASHED
     except BaseException:
@@ -60,11 +84,15 @@ def run_child(entry, slot: int, master_pid: int, master_fds, blocked_mask) -> No
         os._exit(code)
 
 
-def _serve(entry, slot, master_pid, master_fds, blocked_mask) -> int:
-    # The master's signal wake-up pipe and handlers must not act in the child.
+def _serve(entry, slot, master_pid, report_fd, master_fds, blocked_mask) -> int:
+    # The master's wake-up pipe, its pipes from other children and its handlers must
+    # not act in the child.
     signal.set_wakeup_fd(-1)
     for fd in master_fds:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     # Ctrl-C in a terminal and `pkill -HUP -g` reach the whole process group; only the
     # master decides what they mean, so children ignore them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -78,26 +106,37 @@ def _serve(entry, slot, master_pid, master_fds, blocked_mask) -> int:
     if os.getppid() != master_pid:
         return EXIT_MASTER_GONE
 
+    discard_inherited_connections()
+    pipe = MasterPipe(report_fd)
+    pid = os.getpid()
     try:
         command = load_command_class(entry.app_name, entry.command_name)
         worker = build_worker(
             [command],
             keep_running=lambda: os.getppid() == master_pid,
-            client_id=f"{socket.gethostname()}:{os.getpid()}:{entry.task_name}#{slot}",
+            client_id=f"{socket.gethostname()}:{pid}:{entry.task_name}#{slot}",
+            on_registered=lambda address: pipe.send(MESSAGE_READY),
+            on_job_finished=lambda job, ok: pipe.send(MESSAGE_JOB),
         )
     except (InvalidWorkerCommand, InvalidServerAddress) as exc:
-        logger.error("Child for task %r cannot start (pid %s): %s", entry.task_name, os.getpid(), exc)
+        logger.error("Child for task %r cannot start (pid %s): %s", entry.task_name, pid, exc)
         return EXIT_BOOT_ERROR
 
     def request_stop(signum, frame):
         worker.request_stop()
 
     signal.signal(signal.SIGTERM, request_stop)
-    logger.info("Child for task %r serving (pid %s, slot %d)", entry.task_name, os.getpid(), slot)
+    try:
+        command.prepare_worker()
+    except Exception:
+        logger.exception("prepare_worker() of task %r failed (pid %s)", entry.task_name, pid)
+        return EXIT_BOOT_ERROR
+
+    logger.debug("Child for task %r serving (pid %s, slot %d)", entry.task_name, pid, slot)
     worker.work()
     worker.close()
     if os.getppid() != master_pid:
-        logger.warning("Child for task %r exiting: its master %s is gone (pid %s)", entry.task_name, master_pid, os.getpid())
+        logger.warning("Child for task %r exiting: its master %s is gone (pid %s)", entry.task_name, master_pid, pid)
         return EXIT_MASTER_GONE
-    logger.info("Child for task %r exiting after %d jobs (pid %s)", entry.task_name, worker.jobs_done, os.getpid())
+    logger.info("Child for task %r exiting after %d jobs (pid %s)", entry.task_name, worker.jobs_done, pid)
     return EXIT_OK

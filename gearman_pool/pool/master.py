@@ -1,9 +1,9 @@
-"""The pool master: forks the children, replaces dead ones and stops them on request.
+"""The pool master: forks the children, replaces dead ones, reloads and stops them.
 
 Signal handlers only record the signal number; the wake-up fd set with
-signal.set_wakeup_fd ends the main loop's wait, and the loop handles signals, reaps
-children with waitpid(-1, WNOHANG) and restores the configured counts. The master
-forks only from its main thread and has no other threads.
+signal.set_wakeup_fd ends the main loop's wait. Each loop step then handles the signals,
+reads the children's reports, reaps children with waitpid(-1, WNOHANG) and restores the
+configured counts. The master forks only from its main thread and has no other threads.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from gearman_pool.connection import wait_readable
-from gearman_pool.pool.child import EXIT_BOOT_ERROR, run_child
+from gearman_pool.pool.child import EXIT_BOOT_ERROR, MESSAGE_JOB, MESSAGE_READY, run_child
+from gearman_pool.pool.database import close_connections_before_fork
 from gearman_pool.pool.policy import RestartPolicy
+from gearman_pool.pool.reload import Validation, reexec_master, take_inherited_children
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +34,23 @@ IDLE_WAIT = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
+CURRENT = "current"
+PREVIOUS = "previous"
+
 
 @dataclasses.dataclass
 class ChildProcess:
     pid: int
-    entry: object
+    task_name: str
     slot: int
     started_at: float
+    report_fd: int = -1
+    generation: str = CURRENT
+    ready: bool = False
+    served_jobs: bool = False
     term_sent: bool = False
     kill_sent: bool = False
+    report_buffer: bytes = b""
 
 
 def describe_exit_status(status: int) -> str:
@@ -55,14 +66,32 @@ def describe_exit_status(status: int) -> str:
 
 
 class PoolMaster:
-    def __init__(self, entries, *, graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT, policy=None):
-        self.entries = list(entries)
+    """Supervises children for each PoolEntry.
+
+    ``exec_argv`` is the command line that re-runs this master (interpreter first); without
+    it SIGHUP cannot reload code. ``pidfile`` is a Pidfile or None.
+    """
+
+    def __init__(
+        self,
+        entries,
+        *,
+        graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+        policy: RestartPolicy | None = None,
+        exec_argv: list[str] | None = None,
+        pidfile=None,
+    ):
+        self.entries = {entry.task_name: entry for entry in entries}
         self.graceful_timeout = graceful_timeout
         self.policy = policy or RestartPolicy()
+        self.exec_argv = exec_argv
+        self.pidfile = pidfile
         self.children: dict[int, ChildProcess] = {}
         self.pid = os.getpid()
         self.stopping = False
         self.exit_code = EXIT_OK
+        self.validation: Validation | None = None
+        self.reload_requested = False
         self._stop_deadline: float | None = None
         self._signals: list[int] = []
         self._wakeup_read = self._wakeup_write = -1
@@ -76,15 +105,24 @@ class PoolMaster:
         self.pid = os.getpid()
         self.install_signal_handlers()
         try:
+            if self.pidfile is not None:
+                self.pidfile.create(self.pid)
+            self.adopt_inherited_children()
             logger.info(
                 "Pool master started (pid %s): %s",
                 self.pid,
-                ", ".join(f"{entry.task_name}={entry.count}" for entry in self.entries),
+                ", ".join(f"{entry.task_name}={entry.count}" for entry in self.entries.values()),
             )
-            while not (self.stopping and not self.children):
+            # Signals that arrived during start-up, or across a re-exec, were held
+            # blocked until the handlers above existed.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            while not (self.stopping and not self.children and self.validation is None):
                 self.step()
         finally:
+            # A successful reload never gets here: execv() replaced this image.
             self.restore_signal_handlers()
+            if self.pidfile is not None:
+                self.pidfile.remove(self.pid)
         logger.info("Pool master stopped (pid %s)", self.pid)
         return self.exit_code
 
@@ -95,11 +133,12 @@ class PoolMaster:
         self.reap_children()
         if self.stopping:
             self.kill_after_deadline()
-        else:
-            self.spawn_missing_children()
-            self.stop_if_every_task_failed()
+            return
+        self.spawn_missing_children()
+        self.retire_replaced_children()
+        self.stop_if_every_task_failed()
 
-    # ---- signals ---------------------------------------------------------------
+    # ---- signals and events -----------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         self._wakeup_read, self._wakeup_write = os.pipe()
@@ -137,18 +176,51 @@ class PoolMaster:
                 logger.info("Received %s: stopping now (pid %s)", name, self.pid)
                 self.stop_now()
             elif signum == signal.SIGHUP:
-                # NOTE: children are forked from this master's already-imported code, so
-                # replacing them would not load new code; HUP is ignored until the pool
-                # can re-exec itself.
-                logger.warning("Received SIGHUP: code reload is not supported yet; restart the pool (pid %s)", self.pid)
+                self.request_reload()
 
     def wait_for_event(self, timeout: float) -> None:
-        if wait_readable([self._wakeup_read], timeout):
-            try:
-                while os.read(self._wakeup_read, 4096):
-                    pass
-            except BlockingIOError:
+        reports = {child.report_fd: child for child in self.children.values() if child.report_fd >= 0}
+        ready = wait_readable([self._wakeup_read, *reports], timeout)
+        for fd in ready:
+            if fd == self._wakeup_read:
+                self._drain(fd)
+            else:
+                self.read_report(reports[fd])
+
+    def _drain(self, fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
                 pass
+        except BlockingIOError:
+            pass
+
+    def read_report(self, child: ChildProcess) -> None:
+        try:
+            data = os.read(child.report_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_report_pipe(child)
+            return
+        lines = (child.report_buffer + data).split(b"\n")
+        child.report_buffer = lines.pop()
+        for line in lines:
+            self.handle_report(child, line + b"\n")
+
+    def handle_report(self, child: ChildProcess, message: bytes) -> None:
+        if message == MESSAGE_READY and not child.ready:
+            child.ready = True
+            logger.debug("Child %s of task %r is ready", child.pid, child.task_name)
+        elif message == MESSAGE_JOB and not child.served_jobs:
+            child.served_jobs = True
+            self.policy.record_success(child.task_name)
+
+    def close_report_pipe(self, child: ChildProcess) -> None:
+        if child.report_fd >= 0:
+            os.close(child.report_fd)
+            child.report_fd = -1
 
     def next_wait_timeout(self) -> float:
         now = time.monotonic()
@@ -157,50 +229,65 @@ class PoolMaster:
                 return IDLE_WAIT
             return max(0.0, min(IDLE_WAIT, self._stop_deadline - now))
         timeout = IDLE_WAIT
-        for entry in self.entries:
-            if self.count_children(entry) < entry.count and not self.policy.is_failed(entry.task_name):
+        for entry in self.entries.values():
+            if self.count_children(entry.task_name) < entry.count and not self.policy.is_failed(entry.task_name):
                 timeout = min(timeout, max(0.0, self.policy.next_spawn_time(entry.task_name) - now))
         return timeout
 
     # ---- children ----------------------------------------------------------------
 
-    def count_children(self, entry) -> int:
-        return sum(1 for child in self.children.values() if child.entry is entry)
+    def current_children(self, task_name: str) -> list[ChildProcess]:
+        return [
+            child
+            for child in self.children.values()
+            if child.task_name == task_name and child.generation == CURRENT
+        ]
+
+    def count_children(self, task_name: str) -> int:
+        return len(self.current_children(task_name))
 
     def spawn_missing_children(self) -> None:
         now = time.monotonic()
-        for entry in self.entries:
+        for entry in self.entries.values():
             if not self.policy.may_spawn(entry.task_name, now):
                 continue
-            used_slots = {child.slot for child in self.children.values() if child.entry is entry}
+            used_slots = {child.slot for child in self.current_children(entry.task_name)}
             for slot in range(1, entry.count + 1):
                 if slot not in used_slots:
                     self.spawn_child(entry, slot)
 
     def spawn_child(self, entry, slot: int) -> ChildProcess | None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("the pool master must fork from its main thread")
         # A child must never share a database socket with the master: close every
         # connection right before each fork, including respawns long after start.
-        from django.db import connections
-
-        connections.close_all()
+        close_connections_before_fork()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        report_read, report_write = os.pipe()
 
         # Block the handled signals across fork() so that the child cannot run the
         # master's handlers before it installs its own.
-        blocked_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked_mask)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            os.close(report_read)
+            os.close(report_write)
             logger.error("Cannot fork a child for task %r: %s (pid %s)", entry.task_name, exc, self.pid)
-            self.policy.record_exit(entry.task_name, time.monotonic(), time.monotonic())
+            now = time.monotonic()
+            self.policy.record_exit(entry.task_name, now, now)
             return None
         if pid == 0:
-            run_child(entry, slot, self.pid, (self._wakeup_read, self._wakeup_write), blocked_mask)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked_mask)
+            master_fds = [self._wakeup_read, self._wakeup_write, report_read]
+            master_fds += [child.report_fd for child in self.children.values() if child.report_fd >= 0]
+            run_child(entry, slot, self.pid, report_write, master_fds, previous_mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        os.close(report_write)
+        os.set_blocking(report_read, False)
 
-        child = ChildProcess(pid, entry, slot, time.monotonic())
+        child = ChildProcess(pid, entry.task_name, slot, time.monotonic(), report_fd=report_read)
         self.children[pid] = child
         logger.info("Spawned child %s for task %r (slot %d of %d)", pid, entry.task_name, slot, entry.count)
         return child
@@ -213,28 +300,35 @@ class PoolMaster:
                 return
             if pid == 0:
                 return
+            if self.validation is not None and pid == self.validation.pid:
+                self.finish_validation(status)
+                continue
             child = self.children.pop(pid, None)
             if child is None:
                 logger.debug("Reaped unknown process %s (%s)", pid, describe_exit_status(status))
                 continue
+            if child.report_fd >= 0:
+                # Read what the child wrote before it exited, then close the pipe.
+                self.read_report(child)
+                self.close_report_pipe(child)
             self.handle_child_exit(child, status)
 
     def handle_child_exit(self, child: ChildProcess, status: int) -> None:
-        task = child.entry.task_name
+        task = child.task_name
         description = describe_exit_status(status)
-        if self.stopping:
+        if self.stopping or child.generation == PREVIOUS or task not in self.entries:
             logger.info("Child %s of task %r %s", child.pid, task, description)
             return
 
-        clean = os.waitstatus_to_exitcode(status) == 0
-        level = logging.INFO if clean else logging.WARNING
-        now = time.monotonic()
-        delay = self.policy.record_exit(task, child.started_at, now)
-        if os.waitstatus_to_exitcode(status) == EXIT_BOOT_ERROR:
+        code = os.waitstatus_to_exitcode(status)
+        level = logging.INFO if code == 0 else logging.WARNING
+        if code == EXIT_BOOT_ERROR:
             level = logging.ERROR
+        now = time.monotonic()
+        delay = self.policy.record_exit(task, child.started_at, now, served_jobs=child.served_jobs)
         if self.policy.is_failed(task):
             logger.error(
-                "Child %s of task %r %s; task %r failed %d times in a row at start, no more children",
+                "Child %s of task %r %s; task %r failed %d times in a row at start, so it gets no more children",
                 child.pid,
                 task,
                 description,
@@ -247,17 +341,148 @@ class PoolMaster:
             logger.log(level, "Child %s of task %r %s; restarting", child.pid, task, description)
 
     def stop_if_every_task_failed(self) -> None:
-        if self.entries and all(self.policy.is_failed(entry.task_name) for entry in self.entries):
-            if not self.children:
-                logger.error("Every task failed at start; pool master exits (pid %s)", self.pid)
-                self.exit_code = EXIT_ALL_TASKS_FAILED
-                self.stopping = True
+        if not self.entries or not all(self.policy.is_failed(task) for task in self.entries):
+            return
+        if any(child.generation == PREVIOUS for child in self.children.values()):
+            # Children of the previous code still serve; keep them rather than exit.
+            return
+        logger.error("Every task failed at start; pool master exits (pid %s)", self.pid)
+        self.exit_code = EXIT_ALL_TASKS_FAILED
+        self.begin_graceful_stop()
+
+    # ---- reload --------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        if self.stopping:
+            logger.info("Received SIGHUP while stopping; ignored (pid %s)", self.pid)
+            return
+        if self.exec_argv is None:
+            logger.warning(
+                "Received SIGHUP, but this master was not started from a command line and cannot "
+                "re-execute itself; restart it to load new code (pid %s)",
+                self.pid,
+            )
+            return
+        if self.validation is not None or self.reloading:
+            if not self.reload_requested:
+                logger.info("Received SIGHUP during a reload; one more reload follows it (pid %s)", self.pid)
+            self.reload_requested = True
+            return
+        self.start_validation()
+
+    @property
+    def reloading(self) -> bool:
+        return any(child.generation == PREVIOUS for child in self.children.values())
+
+    def start_validation(self) -> None:
+        self.reload_requested = False
+        try:
+            self.validation = Validation(self.exec_argv)
+        except OSError as exc:
+            logger.error("Reload failed: cannot start the validation of the new code: %s (pid %s)", exc, self.pid)
+            return
+        logger.info(
+            "Reload requested: checking the new code in process %s before replacing children (pid %s)",
+            self.validation.pid,
+            self.pid,
+        )
+
+    def finish_validation(self, status: int) -> None:
+        validation, self.validation = self.validation, None
+        passed, output = validation.finish(status)
+        if self.stopping:
+            return
+        if not passed:
+            logger.error(
+                "Reload aborted: the new code failed its check (%s); the current children keep serving. "
+                "Output:\n%s",
+                describe_exit_status(status),
+                output,
+            )
+            if self.reload_requested:
+                self.start_validation()
+            return
+        logger.info("Reload: the new code passed its check; re-executing the master (pid %s)", self.pid)
+        # Signals stay blocked across execv() and are delivered once the new image has
+        # installed its handlers, so none is lost or acted on by a default handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        signal.set_wakeup_fd(-1)
+        try:
+            reexec_master(self.exec_argv, list(self.children.values()), self.reload_requested)
+        except OSError as exc:
+            signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            logger.error("Reload failed: cannot re-execute %s: %s (pid %s)", self.exec_argv[0], exc, self.pid)
+
+    def adopt_inherited_children(self) -> None:
+        inherited, reload_pending = take_inherited_children()
+        for record in inherited:
+            report_fd = record.get("fd", -1)
+            if isinstance(report_fd, int) and report_fd >= 0:
+                try:
+                    os.set_inheritable(report_fd, False)
+                    os.set_blocking(report_fd, False)
+                except OSError:
+                    report_fd = -1
+            child = ChildProcess(
+                pid=record["pid"],
+                task_name=str(record.get("task", "")),
+                slot=int(record.get("slot", 0)),
+                started_at=float(record.get("started_at", time.monotonic())),
+                report_fd=report_fd if isinstance(report_fd, int) else -1,
+                generation=PREVIOUS,
+                ready=bool(record.get("ready")),
+            )
+            self.children[child.pid] = child
+        if inherited:
+            logger.info(
+                "Reload: adopted %d children of the previous code; they serve until new ones are ready (pid %s)",
+                len(inherited),
+                self.pid,
+            )
+        self.reload_requested = reload_pending
+
+    def retire_replaced_children(self) -> None:
+        """Stop children of the previous code once new children can take their place.
+
+        For each task, as many previous children are stopped as there are ready new
+        ones beyond the configured count minus the previous children still serving; a
+        task that is no longer configured loses its previous children at once.
+        """
+        previous = [child for child in self.children.values() if child.generation == PREVIOUS and not child.term_sent]
+        if not previous:
+            if self.reload_requested and self.validation is None and not self.reloading:
+                self.start_validation()
+            return
+        for task_name in {child.task_name for child in previous}:
+            old = sorted(
+                (child for child in previous if child.task_name == task_name), key=lambda child: child.started_at
+            )
+            entry = self.entries.get(task_name)
+            if entry is None:
+                retire = len(old)
+            else:
+                ready_new = sum(1 for child in self.current_children(task_name) if child.ready)
+                serving_old = len(old)
+                retire = max(0, ready_new + serving_old - entry.count)
+                if ready_new >= entry.count:
+                    retire = serving_old
+            for child in old[:retire]:
+                logger.info(
+                    "Reload: stopping child %s of task %r, replaced by new code (pid %s)", child.pid, task_name, self.pid
+                )
+                self.signal_child(child, signal.SIGTERM)
+        if not [child for child in self.children.values() if child.generation == PREVIOUS and not child.term_sent]:
+            logger.info("Reload: every task is served by new children (pid %s)", self.pid)
 
     # ---- stopping ----------------------------------------------------------------
 
     def begin_graceful_stop(self) -> None:
         self.stopping = True
         self._stop_deadline = time.monotonic() + self.graceful_timeout
+        if self.validation is not None:
+            self.validation.kill()
+            self.validation = None
         if self.children:
             logger.info(
                 "Waiting up to %g s for %d children to finish their jobs (pid %s)",
@@ -269,7 +494,8 @@ class PoolMaster:
             self.signal_child(child, signal.SIGTERM)
 
     def stop_now(self) -> None:
-        self.stopping = True
+        if not self.stopping:
+            self.begin_graceful_stop()
         self._stop_deadline = time.monotonic()
         self.kill_after_deadline()
 
@@ -293,3 +519,4 @@ class PoolMaster:
             os.kill(child.pid, signum)
         except ProcessLookupError:
             pass
+

@@ -3,8 +3,8 @@
 A child that exits within ``boot_window`` seconds of its start is a boot failure.
 Consecutive boot failures of one task delay that task's next spawn exponentially, with
 jitter, up to ``max_delay``; after ``max_boot_failures`` in a row the task is marked
-failed and gets no more children, while other tasks keep serving. A child that outlived
-the boot window resets its task's count.
+failed and gets no more children, while other tasks keep serving. A child that served a
+job or outlived the boot window resets its task's count.
 """
 
 from __future__ import annotations
@@ -44,13 +44,18 @@ class RestartPolicy:
     def state(self, task: str) -> TaskRestartState:
         return self._tasks.setdefault(task, TaskRestartState())
 
-    def record_exit(self, task: str, started_at: float, now: float) -> float:
+    def record_success(self, task: str) -> None:
+        """Record that a child of ``task`` served a job: the task boots fine."""
+        state = self.state(task)
+        state.boot_failures = 0
+
+    def record_exit(self, task: str, started_at: float, now: float, served_jobs: bool = False) -> float:
         """Record a child's exit and return the delay before its replacement, in seconds.
 
-        Returns 0.0 when the child ran past the boot window.
+        Returns 0.0 when the child served a job or ran past the boot window.
         """
         state = self.state(task)
-        if now - started_at >= self.boot_window:
+        if served_jobs or now - started_at >= self.boot_window:
             state.boot_failures = 0
             state.next_spawn_at = now
             return 0.0

@@ -1,9 +1,12 @@
+import sys
+
 from django.core.management.base import BaseCommand, CommandError
 
 from gearman_pool.conf import gearman_settings
 from gearman_pool.errors import InvalidServerAddress
 from gearman_pool.logs import ensure_log_handler
 from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, PoolMaster
+from gearman_pool.pool.pidfile import Pidfile, PidfileError
 from gearman_pool.pool.spec import (
     PoolConfigurationError,
     describe_valid_names,
@@ -16,7 +19,7 @@ from gearman_pool.pool.spec import (
 class Command(BaseCommand):
     help = (
         "Run a supervised pool of Gearman workers: N forked children per worker command, "
-        "replaced when they die, stopped gracefully on SIGTERM or SIGINT."
+        "replaced when they die, stopped gracefully on SIGTERM or SIGINT, reloaded on SIGHUP."
     )
 
     def add_arguments(self, parser):
@@ -38,6 +41,21 @@ class Command(BaseCommand):
                 f"they are killed (default: {DEFAULT_GRACEFUL_TIMEOUT:g})."
             ),
         )
+        parser.add_argument(
+            "--pidfile",
+            metavar="PATH",
+            help="Write the master's pid to PATH; refused while PATH names a running pool.",
+        )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Check the settings and import every worker command, then exit without forking.",
+        )
+
+    def run_from_argv(self, argv):
+        # Only a master started from a command line can re-execute itself on SIGHUP.
+        self.exec_argv = [sys.executable, *sys.orig_argv[1:]]
+        super().run_from_argv(argv)
 
     def handle(self, *args, **options):
         graceful_timeout = options["graceful_timeout"]
@@ -59,7 +77,22 @@ class Command(BaseCommand):
         except (PoolConfigurationError, InvalidServerAddress) as exc:
             raise CommandError(str(exc)) from None
 
+        if options["check"]:
+            counts = ", ".join(f"{entry.task_name}={entry.count}" for entry in entries)
+            self.stdout.write(f"gearman_pool configuration is valid: {counts}")
+            return
+
         ensure_log_handler()
-        exit_code = PoolMaster(entries, graceful_timeout=graceful_timeout).run()
+        pidfile = Pidfile(options["pidfile"]) if options["pidfile"] else None
+        master = PoolMaster(
+            entries,
+            graceful_timeout=graceful_timeout,
+            exec_argv=getattr(self, "exec_argv", None),
+            pidfile=pidfile,
+        )
+        try:
+            exit_code = master.run()
+        except PidfileError as exc:
+            raise CommandError(str(exc)) from None
         if exit_code:
             raise CommandError("every task failed to start; see the log above", returncode=exit_code)
