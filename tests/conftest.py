@@ -131,8 +131,8 @@ class ManageProcess(subprocess.Popen):
         return self.stderr_path.read_text(errors="replace")
 
 
-def manage_command(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "django", *args, "--settings=tests.settings"]
+def manage_command(args: Sequence[str], settings: str = "tests.settings") -> list[str]:
+    return [sys.executable, "-m", "django", *args, f"--settings={settings}"]
 
 
 def manage_env(gearmand_address: str, overrides: Mapping[str, str] | None) -> dict[str, str]:
@@ -219,7 +219,8 @@ def run_manage(gearmand_address: str) -> Callable[..., subprocess.CompletedProce
 def spawn_manage(gearmand_address: str, tmp_path: Path) -> Iterator[Callable[..., ManageProcess]]:
     """Start a management command with tests.settings in the background.
 
-    Call as `spawn_manage("gearman_pool", "--workers=...", env={...})`. The returned process
+    Call as `spawn_manage("gearman_pool", "--workers=...", env={...})`; `settings` names
+    another settings module. The returned process
     writes its stdout and stderr to files in tmp_path (see ManageProcess.read_stdout). It shares
     the process group of pytest. After the test, every process started here is killed with
     SIGKILL, together with its descendants, and reaped.
@@ -227,10 +228,10 @@ def spawn_manage(gearmand_address: str, tmp_path: Path) -> Iterator[Callable[...
     processes: list[ManageProcess] = []
     counter = itertools.count(1)
 
-    def spawn(*args: str, env: Mapping[str, str] | None = None) -> ManageProcess:
+    def spawn(*args: str, env: Mapping[str, str] | None = None, settings: str = "tests.settings") -> ManageProcess:
         number = next(counter)
         process = ManageProcess(
-            manage_command(args),
+            manage_command(args, settings),
             stdout_path=tmp_path / f"manage-{number}.stdout",
             stderr_path=tmp_path / f"manage-{number}.stderr",
             cwd=REPO_ROOT,

@@ -15,6 +15,8 @@ TEST_SQLITE_PATH
     SQLite database file. When it is not set, the first process that imports these settings
     picks a file in the system temp directory, named after its pid, and exports the path. The
     management commands that the tests start as child processes then open the same file.
+TEST_EXTRA_APPS
+    Comma-separated app modules appended to INSTALLED_APPS, for apps a test writes to disk.
 TEST_DB_USE_TEST_NAME
     "1" makes the default connection use the test database that pytest-django created
     (TEST["NAME"]). The run_manage and spawn_manage fixtures set it for their child processes.
@@ -36,6 +38,9 @@ INSTALLED_APPS = [
     "gearman_pool",
     "tests.testapp",
 ]
+# Apps that a test writes to a temporary directory on PYTHONPATH, comma-separated; the
+# reload tests edit their worker code on disk.
+INSTALLED_APPS += [app for app in os.environ.get("TEST_EXTRA_APPS", "").split(",") if app]
 
 UNREACHABLE_GEARMAN_SERVER = "127.0.0.1:1"
 GEARMAN_SERVERS = [os.environ.get("GEARMAN_TEST_SERVER", UNREACHABLE_GEARMAN_SERVER)]

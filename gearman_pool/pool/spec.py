@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import traceback
 
 from django.core.management import get_commands, load_command_class
 
@@ -47,8 +48,7 @@ def discover_worker_commands() -> dict[str, WorkerCommandInfo]:
             command = load_command_class(app_name, command_name)
         except Exception as exc:
             raise PoolConfigurationError(
-                f"cannot import worker command {command_name!r} of app {app_name!r}: "
-                f"{type(exc).__name__}: {exc}"
+                f"cannot import worker command {command_name!r} of app {app_name!r}: {describe_import_error(exc)}"
             ) from exc
         if not isinstance(command, GearmanWorkerBaseCommand):
             continue
@@ -58,6 +58,15 @@ def discover_worker_commands() -> dict[str, WorkerCommandInfo]:
             raise PoolConfigurationError(str(exc)) from None
         found[command_name] = WorkerCommandInfo(command_name, app_name, task_name)
     return found
+
+
+def describe_import_error(exc: Exception) -> str:
+    """Name the exception and the file and line where it was raised."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def parse_workers_option(text: str) -> list[tuple[str, str]]:

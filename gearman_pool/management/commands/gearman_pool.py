@@ -7,6 +7,12 @@ from gearman_pool.errors import InvalidServerAddress
 from gearman_pool.logs import ensure_log_handler
 from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, PoolMaster
 from gearman_pool.pool.pidfile import Pidfile, PidfileError
+from gearman_pool.pool.policy import (
+    DEFAULT_INITIAL_DELAY,
+    DEFAULT_MAX_BOOT_FAILURES,
+    DEFAULT_MAX_DELAY,
+    RestartPolicy,
+)
 from gearman_pool.pool.spec import (
     PoolConfigurationError,
     describe_valid_names,
@@ -42,6 +48,26 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--max-restart-delay",
+            type=float,
+            default=DEFAULT_MAX_DELAY,
+            metavar="SECONDS",
+            help=(
+                "Cap of the growing delay before replacing a child that died during start-up "
+                f"(default: {DEFAULT_MAX_DELAY:g})."
+            ),
+        )
+        parser.add_argument(
+            "--max-boot-failures",
+            type=int,
+            default=DEFAULT_MAX_BOOT_FAILURES,
+            metavar="N",
+            help=(
+                "Consecutive start-up failures after which a task gets no more children "
+                f"(default: {DEFAULT_MAX_BOOT_FAILURES}); the other tasks keep serving."
+            ),
+        )
+        parser.add_argument(
             "--pidfile",
             metavar="PATH",
             help="Write the master's pid to PATH; refused while PATH names a running pool.",
@@ -61,6 +87,12 @@ class Command(BaseCommand):
         graceful_timeout = options["graceful_timeout"]
         if not graceful_timeout >= 0:
             raise CommandError(f"invalid --graceful-timeout {graceful_timeout!r}: give a number of seconds, 0 or more")
+        if not options["max_restart_delay"] > 0:
+            raise CommandError(
+                f"invalid --max-restart-delay {options['max_restart_delay']!r}: give a positive number of seconds"
+            )
+        if options["max_boot_failures"] < 1:
+            raise CommandError(f"invalid --max-boot-failures {options['max_boot_failures']!r}: give 1 or more")
         try:
             gearman_settings.servers
             discovered = discover_worker_commands()
@@ -87,6 +119,11 @@ class Command(BaseCommand):
         master = PoolMaster(
             entries,
             graceful_timeout=graceful_timeout,
+            policy=RestartPolicy(
+                max_delay=options["max_restart_delay"],
+                initial_delay=min(DEFAULT_INITIAL_DELAY, options["max_restart_delay"]),
+                max_boot_failures=options["max_boot_failures"],
+            ),
             exec_argv=getattr(self, "exec_argv", None),
             pidfile=pidfile,
         )
