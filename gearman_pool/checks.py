@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 
 from django.conf import settings
-from django.core.checks import Error
+from django.core.checks import Error, Warning
 
 from gearman_pool.address import ServerAddress
 from gearman_pool.errors import InvalidServerAddress
@@ -17,6 +17,7 @@ def check_settings(app_configs=None, **kwargs):
     errors.extend(_check_namespace())
     errors.extend(_check_connect_timeout())
     errors.extend(_check_pool_workers())
+    errors.extend(_check_persistent_connections())
     return errors
 
 
@@ -99,3 +100,20 @@ def _check_pool_workers():
                 )
             )
     return errors
+
+
+def _check_persistent_connections():
+    warnings = []
+    for alias, database in getattr(settings, "DATABASES", {}).items():
+        max_age = database.get("CONN_MAX_AGE", 0)
+        if max_age != 0 and not database.get("CONN_HEALTH_CHECKS", False):
+            warnings.append(
+                Warning(
+                    f"DATABASES[{alias!r}] keeps connections open (CONN_MAX_AGE={max_age!r}) without "
+                    "CONN_HEALTH_CHECKS, so a Gearman worker's first job after the database dropped "
+                    "an idle connection fails.",
+                    hint=f"Set DATABASES[{alias!r}]['CONN_HEALTH_CHECKS'] = True.",
+                    id="gearman_pool.W001",
+                )
+            )
+    return warnings

@@ -97,6 +97,7 @@ class GearmanClient:
             raise ValueError(f"invalid task name {task!r}: expected non-empty bytes without NUL")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"job data must be bytes, got {type(data).__name__}")
+        chosen_unique = unique or None
         if unique is None:
             unique = uuid.uuid4().hex.encode()
         elif b"\x00" in unique:
@@ -104,7 +105,7 @@ class GearmanClient:
         packet_type = SUBMIT_TYPES[(priority, background)]
 
         errors = []
-        for address in self._server_order(unique if unique else None):
+        for address in self._server_order(chosen_unique):
             try:
                 handle = self._create_job(address, packet_type, task, unique, bytes(data))
             except ServerUnavailable as exc:

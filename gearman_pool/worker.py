@@ -109,6 +109,7 @@ class GearmanWorker:
             for address in servers
         ]
         self._stop_requested = False
+        self._next_server = 0
         self._wakeup_read, self._wakeup_write = os.pipe()
         os.set_blocking(self._wakeup_read, False)
         os.set_blocking(self._wakeup_write, False)
@@ -126,7 +127,8 @@ class GearmanWorker:
         self._stop_requested = True
         try:
             os.write(self._wakeup_write, b"\x00")
-        except (BlockingIOError, BrokenPipeError):
+        except OSError:
+            # A full pipe already wakes the loop; a closed one means the worker is done.
             pass
 
     def close(self) -> None:
@@ -164,9 +166,10 @@ class GearmanWorker:
         """
         self._connect_due_servers()
 
-        # Ask every awake server for a job before sleeping, so that a busy server
-        # cannot starve the others.
-        for state in self._servers:
+        # Ask every awake server for a job before sleeping, starting one further along
+        # each time, so that a busy server cannot starve the others.
+        self._next_server = (self._next_server + 1) % len(self._servers)
+        for state in self._servers[self._next_server :] + self._servers[: self._next_server]:
             if self._should_stop():
                 return False
             if not state.registered or state.sleeping:

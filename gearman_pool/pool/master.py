@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from gearman_pool.conf import gearman_settings
 from gearman_pool.connection import wait_readable
 from gearman_pool.pool.child import EXIT_BOOT_ERROR, MESSAGE_JOB, MESSAGE_READY, run_child
 from gearman_pool.pool.database import close_connections_before_fork
@@ -28,7 +29,7 @@ EXIT_OK = 0
 EXIT_ALL_TASKS_FAILED = 3
 
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
-# The longest the main loop sleeps with nothing to do, in seconds.
+# Maximum time the main loop sleeps with nothing to do, in seconds.
 IDLE_WAIT = 1.0
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -109,9 +110,10 @@ class PoolMaster:
                 self.pidfile.create(self.pid)
             self.adopt_inherited_children()
             logger.info(
-                "Pool master started (pid %s): %s",
+                "Pool master started (pid %s): tasks %s; servers %s",
                 self.pid,
                 ", ".join(f"{entry.task_name}={entry.count}" for entry in self.entries.values()),
+                ", ".join(str(address) for address in gearman_settings.servers),
             )
             # Signals that arrived during start-up, or across a re-exec, were held
             # blocked until the handlers above existed.
@@ -172,9 +174,17 @@ class PoolMaster:
             if signum in STOP_SIGNALS and not self.stopping:
                 logger.info("Received %s: stopping gracefully (pid %s)", name, self.pid)
                 self.begin_graceful_stop()
-            elif signum in STOP_SIGNALS or signum == signal.SIGQUIT:
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
                 logger.info("Received %s: stopping now (pid %s)", name, self.pid)
                 self.stop_now()
+            elif signum == signal.SIGTERM:
+                # Supervisors may repeat SIGTERM; only SIGINT or SIGQUIT cut the graceful
+                # timeout short.
+                logger.info(
+                    "Received %s while stopping gracefully; send SIGINT or SIGQUIT to stop now (pid %s)",
+                    name,
+                    self.pid,
+                )
             elif signum == signal.SIGHUP:
                 self.request_reload()
 
