@@ -1,0 +1,253 @@
+"""Tests for gearman_pool.submit_job and submit_job_on_commit against the shared gearmand.
+
+Every test uses its own task names, so jobs that stay queued on the shared server cannot
+reach another test's worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+
+import gearman_pool
+from gearman_pool.address import ServerAddress
+from gearman_pool.connection import AdminConnection
+from gearman_pool.errors import JobFailed, JobTimeout
+from gearman_pool.jobs import build_worker
+
+WAIT_TIMEOUT = 10.0
+POLL_INTERVAL = 0.02
+JOB_TIMEOUT = 10.0
+
+
+def read_status(address: str) -> dict[str, tuple[int, int, int]]:
+    """Return gearmand's `status` as {task: (total jobs, running jobs, available workers)}."""
+    table = {}
+    with AdminConnection(ServerAddress.parse(address)) as connection:
+        connection.send_line(b"status")
+        while (line := connection.read_line()) != b".":
+            task, total, running, workers = line.split(b"\t")
+            table[task.decode("utf-8")] = (int(total), int(running), int(workers))
+    return table
+
+
+def wait_until(condition, description: str, timeout: float = WAIT_TIMEOUT):
+    """Poll `condition` until it returns a true value, and return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting until {description}")
+        time.sleep(POLL_INTERVAL)
+
+
+def queued_jobs(address: str, task: str) -> int:
+    return read_status(address).get(task, (0, 0, 0))[0]
+
+
+def available_workers(address: str, task: str) -> int:
+    return read_status(address).get(task, (0, 0, 0))[2]
+
+
+def unique_task(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class EchoCommand:
+    """Worker command with a test-chosen task name that returns the payload and raises on "raise"."""
+
+    def __init__(self, task_name: str, job_data_encoding: str | None = "utf-8"):
+        self.task_name = task_name
+        self.job_data_encoding = job_data_encoding
+        self.received = []
+
+    def do_job(self, job_data):
+        self.received.append(job_data)
+        if job_data == "raise":
+            raise ValueError("asked to raise")
+        return job_data
+
+
+@contextlib.contextmanager
+def worker_thread(*commands):
+    """Serve the commands' tasks with build_worker in a thread until the block ends."""
+    worker = build_worker(commands)
+    thread = threading.Thread(target=worker.work, name="gearman-test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        thread.join(WAIT_TIMEOUT)
+        assert not thread.is_alive(), "the worker thread did not stop"
+        worker.close()
+
+
+def test_background_submit_returns_handle(gearmand_address):
+    task = unique_task("submit-background")
+
+    job = gearman_pool.submit_job(task, {"a": "ž"})
+
+    assert job.background is True
+    assert job.handle.startswith("H:")
+    assert job.server == ServerAddress.parse(gearmand_address)
+    assert job.result is None
+    assert queued_jobs(gearmand_address, task) == 1
+
+
+def test_background_payload_reaches_worker_as_json(gearmand_address):
+    task = unique_task("submit-json")
+    command = EchoCommand(task, job_data_encoding=None)
+
+    gearman_pool.submit_job(task, {"a": "ž"})
+    with worker_thread(command):
+        wait_until(lambda: command.received, "the worker received the job")
+
+    assert command.received == ['{"a": "ž"}'.encode()]
+
+
+def test_foreground_returns_result(gearmand_address):
+    task = unique_task("submit-foreground")
+
+    with worker_thread(EchoCommand(task)):
+        job = gearman_pool.submit_job(task, "Příliš žluťoučký kůň", background=False, timeout=JOB_TIMEOUT)
+
+    assert job.background is False
+    assert job.result == "Příliš žluťoučký kůň".encode()
+    assert job.handle.startswith("H:")
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [(None, b""), (b"\x00\xff", b"\x00\xff"), ("日本語", "日本語".encode()), ([1, "ž"], '[1, "ž"]'.encode())],
+)
+def test_foreground_encodes_data(data, expected):
+    task = unique_task("submit-data")
+
+    with worker_thread(EchoCommand(task, job_data_encoding=None)):
+        job = gearman_pool.submit_job(task, data, background=False, timeout=JOB_TIMEOUT)
+
+    assert job.result == expected
+
+
+def test_foreground_failure_raises_job_failed():
+    task = unique_task("submit-raise")
+
+    with worker_thread(EchoCommand(task)), pytest.raises(JobFailed) as excinfo:
+        gearman_pool.submit_job(task, "raise", background=False, timeout=JOB_TIMEOUT)
+
+    assert "asked to raise" in excinfo.value.message
+    assert "ValueError" in excinfo.value.message
+
+
+def test_foreground_timeout_raises_job_timeout():
+    task = unique_task("submit-no-worker")
+    started = time.monotonic()
+
+    with pytest.raises(JobTimeout):
+        gearman_pool.submit_job(task, "x", background=False, timeout=0.5)
+
+    assert time.monotonic() - started < 5
+
+
+def test_namespace_applies_to_worker_and_submit(gearmand_address):
+    task = unique_task("submit-ns")
+    namespace = unique_task("ns")
+    namespaced_task = f"{task}@{namespace}"
+
+    with override_settings(GEARMAN_CLIENT_NAMESPACE=namespace):
+        with worker_thread(EchoCommand(task)) as worker:
+            assert list(worker.handlers) == [namespaced_task.encode()]
+            wait_until(
+                lambda: available_workers(gearmand_address, namespaced_task) == 1,
+                f"gearmand lists a worker for {namespaced_task!r}",
+            )
+            status = read_status(gearmand_address)
+            assert task not in status
+
+            job = gearman_pool.submit_job(task, "hello", background=False, timeout=JOB_TIMEOUT)
+
+    assert job.result == b"hello"
+    assert task not in read_status(gearmand_address)
+
+
+def test_namespace_applies_to_background_submit(gearmand_address):
+    task = unique_task("submit-ns-background")
+    namespace = unique_task("ns")
+
+    with override_settings(GEARMAN_CLIENT_NAMESPACE=namespace):
+        gearman_pool.submit_job(task, "queued")
+
+    status = read_status(gearmand_address)
+    assert status[f"{task}@{namespace}"][0] == 1
+    assert task not in status
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_rollback_submits_nothing(gearmand_address):
+    task = unique_task("on-commit-rollback")
+
+    with pytest.raises(RuntimeError, match="roll back"), transaction.atomic():
+        gearman_pool.submit_job_on_commit(task, "never")
+        raise RuntimeError("roll back")
+
+    # A later submit of the same task shows that gearmand's status is current.
+    gearman_pool.submit_job(task, "control")
+    assert queued_jobs(gearmand_address, task) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_submits_once_after_commit(gearmand_address):
+    task = unique_task("on-commit")
+
+    with transaction.atomic():
+        gearman_pool.submit_job_on_commit(task, {"invoice": 7})
+        assert queued_jobs(gearmand_address, task) == 0
+
+    assert queued_jobs(gearmand_address, task) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_inner_rollback_keeps_outer_job(gearmand_address):
+    task = unique_task("on-commit-nested")
+
+    with transaction.atomic():
+        gearman_pool.submit_job_on_commit(task, "outer")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            gearman_pool.submit_job_on_commit(task, "inner")
+            raise RuntimeError("roll back the savepoint")
+
+    assert queued_jobs(gearmand_address, task) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_in_autocommit_submits_at_once(gearmand_address):
+    task = unique_task("on-commit-autocommit")
+
+    gearman_pool.submit_job_on_commit(task, "now")
+
+    assert queued_jobs(gearmand_address, task) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_payload_is_encoded_at_call(gearmand_address):
+    task = unique_task("on-commit-payload")
+    command = EchoCommand(task, job_data_encoding=None)
+    payload = {"items": ["first"]}
+
+    with transaction.atomic():
+        gearman_pool.submit_job_on_commit(task, payload)
+        payload["items"].append("changed after the call")
+
+    with worker_thread(command):
+        wait_until(lambda: command.received, "the worker received the job")
+
+    assert command.received == [b'{"items": ["first"]}']
