@@ -50,6 +50,7 @@ class ChildProcess:
     ready: bool = False
     served_jobs: bool = False
     term_sent: bool = False
+    term_sent_at: float | None = None
     kill_sent: bool = False
     report_buffer: bytes = b""
 
@@ -136,6 +137,7 @@ class PoolMaster:
         if self.stopping:
             self.kill_after_deadline()
             return
+        self.kill_overdue_children()
         self.spawn_missing_children()
         self.retire_replaced_children()
         self.stop_if_every_task_failed()
@@ -174,17 +176,9 @@ class PoolMaster:
             if signum in STOP_SIGNALS and not self.stopping:
                 logger.info("Received %s: stopping gracefully (pid %s)", name, self.pid)
                 self.begin_graceful_stop()
-            elif signum in (signal.SIGINT, signal.SIGQUIT):
+            elif signum in STOP_SIGNALS or signum == signal.SIGQUIT:
                 logger.info("Received %s: stopping now (pid %s)", name, self.pid)
                 self.stop_now()
-            elif signum == signal.SIGTERM:
-                # Supervisors may repeat SIGTERM; only SIGINT or SIGQUIT cut the graceful
-                # timeout short.
-                logger.info(
-                    "Received %s while stopping gracefully; send SIGINT or SIGQUIT to stop now (pid %s)",
-                    name,
-                    self.pid,
-                )
             elif signum == signal.SIGHUP:
                 self.request_reload()
 
@@ -353,8 +347,9 @@ class PoolMaster:
     def stop_if_every_task_failed(self) -> None:
         if not self.entries or not all(self.policy.is_failed(task) for task in self.entries):
             return
-        if any(child.generation == PREVIOUS for child in self.children.values()):
-            # Children of the previous code still serve; keep them rather than exit.
+        if self.children:
+            # Some children still serve (of the previous code, or of a failed task's
+            # other slots); keep them rather than exit.
             return
         logger.error("Every task failed at start; pool master exits (pid %s)", self.pid)
         self.exit_code = EXIT_ALL_TASKS_FAILED
@@ -503,6 +498,24 @@ class PoolMaster:
         for child in self.children.values():
             self.signal_child(child, signal.SIGTERM)
 
+    def kill_overdue_children(self) -> None:
+        """SIGKILL children that got SIGTERM outside a pool stop (retired by a reload)
+        and are still running after the graceful timeout."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.kill_sent or child.term_sent_at is None:
+                continue
+            if now - child.term_sent_at >= self.graceful_timeout:
+                logger.warning(
+                    "Killing child %s of task %r: still running %g s after SIGTERM (pid %s)",
+                    child.pid,
+                    child.task_name,
+                    self.graceful_timeout,
+                    self.pid,
+                )
+                self.signal_child(child, signal.SIGKILL)
+                child.kill_sent = True
+
     def stop_now(self) -> None:
         if not self.stopping:
             self.begin_graceful_stop()
@@ -525,6 +538,7 @@ class PoolMaster:
             if child.term_sent:
                 return
             child.term_sent = True
+            child.term_sent_at = time.monotonic()
         try:
             os.kill(child.pid, signum)
         except ProcessLookupError:

@@ -18,7 +18,10 @@ def _read_pid(path: str) -> int | None:
             text = file.read().strip()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        # A pool writes ASCII digits, so a file that is not ASCII is stale.
+        return None
+    except OSError as exc:
         raise PidfileError(f"cannot read pid file {path}: {exc}") from None
     return int(text) if text.isdigit() else None
 
@@ -26,7 +29,8 @@ def _read_pid(path: str) -> int | None:
 def _is_running_pool(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
+        # OverflowError means the number is too large to be a process id.
         return False
     except PermissionError:
         pass

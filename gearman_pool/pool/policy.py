@@ -62,8 +62,9 @@ class RestartPolicy:
         state.boot_failures += 1
         if state.boot_failures >= self.max_boot_failures:
             state.failed = True
-        delay = min(self.max_delay, self.initial_delay * 2 ** (state.boot_failures - 1))
-        delay *= self._jitter(0.8, 1.2)
+        # Jitter before the cap, so that the delay never exceeds max_delay.
+        delay = self.initial_delay * 2 ** (state.boot_failures - 1) * self._jitter(0.8, 1.2)
+        delay = min(self.max_delay, delay)
         state.next_spawn_at = now + delay
         return delay
 

@@ -114,6 +114,8 @@ def take_inherited_children() -> tuple[list[dict], bool]:
     try:
         children = json.loads(text)
     except ValueError:
+        children = None
+    if not isinstance(children, list):
         logger.error("Ignoring malformed %s=%r (pid %s)", INHERITED_CHILDREN_ENV, text[:200], os.getpid())
         return [], pending
     return [child for child in children if isinstance(child, dict) and isinstance(child.get("pid"), int)], pending

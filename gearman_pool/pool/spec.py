@@ -127,7 +127,7 @@ def describe_valid_names(discovered: dict[str, WorkerCommandInfo]) -> str:
 
 
 def _parse_count(name, value, problems) -> int | None:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, float)):
         problems.append(f"count {value!r} for {name!r} is not an integer")
         return None
     try:
