@@ -17,6 +17,7 @@ def check_settings(app_configs=None, **kwargs):
     errors.extend(_check_namespace())
     errors.extend(_check_connect_timeout())
     errors.extend(_check_pool_workers())
+    errors.extend(_check_pool_limits())
     errors.extend(_check_persistent_connections())
     return errors
 
@@ -117,3 +118,26 @@ def _check_persistent_connections():
                 )
             )
     return warnings
+
+
+def _check_pool_limits():
+    from gearman_pool.pool.limits import InvalidLimit, parse_limits
+
+    limits = getattr(settings, "GEARMAN_POOL_LIMITS", None)
+    if limits is None:
+        return []
+    if not isinstance(limits, dict):
+        return [
+            Error(
+                f"GEARMAN_POOL_LIMITS must be a dict of {{task name: {{limit: value}}}}, got {limits!r}.",
+                hint="For example: GEARMAN_POOL_LIMITS = {'data_import': {'max_jobs': 500, 'max_memory': '512M'}}",
+                id="gearman_pool.E006",
+            )
+        ]
+    errors = []
+    for task, values in limits.items():
+        try:
+            parse_limits(values, f"GEARMAN_POOL_LIMITS[{task!r}]")
+        except InvalidLimit as exc:
+            errors.append(Error(f"{exc}.", id="gearman_pool.E006"))
+    return errors

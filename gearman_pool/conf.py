@@ -7,6 +7,10 @@ properties here raise InvalidServerAddress on a malformed value.
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
+
 from django.conf import settings
 
 from gearman_pool.address import ServerAddress, parse_servers
@@ -35,6 +39,24 @@ class GearmanSettings:
     def pool_workers(self) -> dict[str, int]:
         """GEARMAN_POOL_WORKERS: {task or command name: child count} for gearman_pool."""
         return dict(getattr(settings, "GEARMAN_POOL_WORKERS", {}) or {})
+
+    @property
+    def pool_limits(self) -> dict:
+        """GEARMAN_POOL_LIMITS: {task name: {"max_jobs", "max_memory", "job_timeout"}}."""
+        return dict(getattr(settings, "GEARMAN_POOL_LIMITS", {}) or {})
+
+    @property
+    def control_socket(self) -> str:
+        """GEARMAN_POOL_CONTROL_SOCKET: path of the pool master's control socket.
+
+        The default is unique per user and settings module, in the system temp
+        directory, so `gearman_pool_status` finds the pool of the same project.
+        """
+        path = getattr(settings, "GEARMAN_POOL_CONTROL_SOCKET", None)
+        if path:
+            return str(path)
+        module = re.sub(r"[^A-Za-z0-9_.-]", "_", getattr(settings, "SETTINGS_MODULE", None) or "settings")
+        return os.path.join(tempfile.gettempdir(), f"gearman_pool-{os.getuid()}-{module}.sock")
 
     def namespaced(self, task_name: str) -> str:
         """Return the task name as registered at gearmand, with the namespace applied."""

@@ -21,3 +21,28 @@ def ensure_log_handler(level=logging.INFO) -> None:
     package_logger.addHandler(handler)
     if package_logger.level == logging.NOTSET:
         package_logger.setLevel(level)
+
+
+def reopen_log_files() -> int:
+    """Reopen the file of every logging.FileHandler, after logrotate moved it away.
+
+    Returns how many files were reopened. Called from the main loop, never from a
+    signal handler, because it takes the handlers' locks.
+    """
+    handlers = set(logging.getLogger().handlers)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        handlers.update(getattr(logger, "handlers", ()))
+    reopened = 0
+    for handler in handlers:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        handler.acquire()
+        try:
+            if handler.stream is not None:
+                handler.stream.close()
+            # FileHandler opens lazily when delay=True; _open() is how it does so too.
+            handler.stream = handler._open()
+            reopened += 1
+        finally:
+            handler.release()
+    return reopened

@@ -74,8 +74,10 @@ class GearmanWorker:
 
     ``keep_running`` is called between jobs and on every idle tick; returning False
     stops the loop like ``request_stop()`` does. ``on_registered(address)`` is called
-    after each successful registration at a server, and ``on_job_finished(job, ok)``
-    after each job's result was sent; the pool uses both to report to its master.
+    after each successful registration at a server, ``on_job_started(job)`` before a
+    job runs, and ``on_job_finished(job, ok)`` after its result was sent; the pool uses
+    them to report to its master. ``wake()`` ends an idle wait without stopping, so that
+    ``keep_running`` runs at once.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class GearmanWorker:
         tick_interval: float = TICK_INTERVAL,
         reconnect_max_delay: float = RECONNECT_MAX_DELAY,
         on_registered: Callable[[ServerAddress], None] | None = None,
+        on_job_started: Callable[[Job], None] | None = None,
         on_job_finished: Callable[[Job, bool], None] | None = None,
     ):
         if not servers:
@@ -102,6 +105,7 @@ class GearmanWorker:
         self.tick_interval = tick_interval
         self.reconnect_max_delay = reconnect_max_delay
         self.on_registered = on_registered
+        self.on_job_started = on_job_started
         self.on_job_finished = on_job_finished
         self.jobs_done = 0
         self._servers = [
@@ -125,6 +129,10 @@ class GearmanWorker:
         the wake-up pipe, which ends the loop's poll() at once.
         """
         self._stop_requested = True
+        self.wake()
+
+    def wake(self) -> None:
+        """End the loop's idle wait; safe to call from a signal handler."""
         try:
             os.write(self._wakeup_write, b"\x00")
         except OSError:
@@ -313,6 +321,8 @@ class GearmanWorker:
             self._send_result(job, PacketType.WORK_FAIL, job.handle)
             return
 
+        if self.on_job_started is not None:
+            self.on_job_started(job)
         ok = False
         try:
             result = handler(job)

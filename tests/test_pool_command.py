@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 
 import pytest
@@ -33,13 +34,13 @@ def run_pool(*arguments: str) -> str:
 def test_check_prints_configuration():
     output = run_pool("--check", "--workers", "echo=2")
 
-    assert output == "gearman_pool configuration is valid: echo=2\n"
+    assert output == "gearman_pool configuration is valid: echo=2 (no limits)\n"
 
 
 def test_check_command_names():
     output = run_pool("--check", "--workers", "gearman_worker_echo=1, sleep=3")
 
-    assert output == "gearman_pool configuration is valid: echo=1, sleep=3\n"
+    assert output == "gearman_pool configuration is valid: echo=1 (no limits), sleep=3 (no limits)\n"
 
 
 @pytest.mark.parametrize(
@@ -119,7 +120,7 @@ def test_empty_workers_setting():
 def test_workers_from_settings():
     output = run_pool("--check")
 
-    assert output == "gearman_pool configuration is valid: echo=2, sleep=1\n"
+    assert output == "gearman_pool configuration is valid: echo=2 (no limits), sleep=1 (no limits)\n"
 
 
 @override_settings(GEARMAN_POOL_WORKERS={"echo": 0})
@@ -134,4 +135,29 @@ def test_bad_workers_setting():
 def test_option_overrides_setting():
     output = run_pool("--check", "--workers", "sleep=1")
 
-    assert output == "gearman_pool configuration is valid: sleep=1\n"
+    assert output == "gearman_pool configuration is valid: sleep=1 (no limits)\n"
+
+
+def test_check_shows_limits(settings):
+    settings.GEARMAN_POOL_LIMITS = {"sleep": {"max_jobs": 50, "job_timeout": 9}}
+
+    output = run_pool("--check", "--workers", "echo=1,sleep=1", "--max-memory", "64M", "--max-jobs", "100")
+
+    assert output == (
+        "gearman_pool configuration is valid: echo=1 (max_jobs=100, max_memory=64.0 MiB), "
+        "sleep=1 (max_jobs=50, max_memory=64.0 MiB, job_timeout=9s)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--max-jobs", "0", "invalid max_jobs 0"),
+        ("--max-memory", "lots", "invalid memory limit 'lots'"),
+        ("--max-memory", "0", "invalid memory limit '0'"),
+        ("--job-timeout", "-3", "invalid job_timeout -3.0"),
+    ],
+)
+def test_bad_limit_option(option, value, expected):
+    with pytest.raises(CommandError, match=re.escape(expected)):
+        run_pool("--check", "--workers", "echo=1", option, value)

@@ -18,7 +18,7 @@ import pytest
 
 from gearman_pool.pool import master as master_module
 from gearman_pool.pool import reload as reload_module
-from gearman_pool.pool.child import MESSAGE_JOB, MESSAGE_READY
+from gearman_pool.pool.child import MESSAGE_BUSY, MESSAGE_IDLE, MESSAGE_READY, MESSAGE_RECYCLE
 from gearman_pool.pool.master import (
     CURRENT,
     EXIT_ALL_TASKS_FAILED,
@@ -35,6 +35,7 @@ from gearman_pool.pool.reload import (
     reexec_master,
     take_inherited_children,
 )
+from gearman_pool.pool.limits import TaskLimits
 from gearman_pool.pool.spec import PoolEntry
 
 START = 1000.0
@@ -54,6 +55,12 @@ class FakeClock:
 
     def monotonic(self) -> float:
         return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic_ns(self) -> int:
+        return int(self.now * 1e9)
 
 
 class FakeOs:
@@ -426,8 +433,8 @@ def test_report_job_records_success(make_master):
     child = ChildProcess(pid=7, task_name="echo", slot=1, started_at=START)
     master.policy.state("echo").boot_failures = 4
 
-    master.handle_report(child, MESSAGE_JOB)
-    master.handle_report(child, MESSAGE_JOB)
+    master.handle_report(child, MESSAGE_BUSY + b" H:host:1\n")
+    master.handle_report(child, MESSAGE_BUSY + b" H:host:2\n")
 
     assert child.served_jobs
     assert master.policy.successes == ["echo"]
@@ -456,7 +463,7 @@ def test_read_report_joins_split_lines(make_master):
         assert not child.ready
         assert child.report_buffer == b"rea"
 
-        os.write(write_fd, b"dy\njob\n")
+        os.write(write_fd, b"dy\nbusy H:host:1\n")
         master.read_report(child)
         assert child.ready
         assert child.served_jobs
@@ -480,7 +487,7 @@ def test_wait_for_event_reads_pipes(make_master):
     master.children[child.pid] = child
     try:
         os.write(master._wakeup_write, bytes([signal.SIGCHLD]))
-        os.write(write_fd, MESSAGE_READY)
+        os.write(write_fd, MESSAGE_READY + b"\n")
 
         master.wait_for_event(0)
 
@@ -713,7 +720,7 @@ def test_failed_validation_keeps_children(make_master, fake_os, validations, mon
 def test_passed_validation_reexecs(make_master, fake_os, validations, monkeypatch, caplog):
     reexecs = []
 
-    def reexec(argv, children, reload_pending):
+    def reexec(argv, children, reload_pending, control_fd=None):
         reexecs.append((argv, sorted(child.pid for child in children), reload_pending))
         # A successful execv() never returns. A failed one raises, and the master keeps serving.
         raise PermissionError(errno.EACCES, "Permission denied")
@@ -1023,3 +1030,118 @@ def test_every_task_failed_current_serving(make_master):
 
     assert not master.stopping
     assert master.exit_code == EXIT_OK
+
+
+# ---- job state, recycling, scaling ------------------------------------------------------------
+
+
+def test_report_busy_and_idle_track_job(make_master, clock):
+    master = make_master()
+    child = ChildProcess(pid=7, task_name="echo", slot=1, started_at=START)
+
+    master.handle_report(child, MESSAGE_BUSY + b" H:host:9\n")
+    assert child.state == "busy"
+    assert child.job_handle == "H:host:9"
+    assert child.job_started_at == START
+
+    master.handle_report(child, MESSAGE_IDLE + b" 12\n")
+    assert child.state == "ready"
+    assert child.job_handle is None
+    assert child.jobs_done == 12
+
+
+def test_job_timeout_kills_child(make_master, fake_os, clock, caplog):
+    limited = PoolEntry("gearman_worker_echo", "tests.testapp", "echo", 1, TaskLimits(job_timeout=5))
+    master = make_master([limited])
+    master.spawn_missing_children()
+    (pid,) = pids_of(master, "echo")
+    master.handle_report(master.children[pid], MESSAGE_BUSY + b" H:host:3\n")
+
+    clock.now += 5
+    master.kill_overdue_children()
+    assert fake_os.signals_sent(signal.SIGKILL) == []
+
+    clock.now += 0.5
+    with caplog.at_level(logging.ERROR):
+        master.kill_overdue_children()
+    assert fake_os.signals_sent(signal.SIGKILL) == [pid]
+    assert "job H:host:3 ran 5.5 s, over job_timeout 5 s" in caplog.text
+
+
+def test_recycled_child_replaced_at_once(make_master, fake_os, clock, caplog):
+    master = make_master([PoolEntry("gearman_worker_echo", "tests.testapp", "echo", 1)])
+    master.spawn_missing_children()
+    (pid,) = pids_of(master, "echo")
+    master.handle_report(master.children[pid], MESSAGE_RECYCLE + b" max_jobs 10 reached after 10 jobs\n")
+    fake_os.wait_results = [(pid, exit_status(0))]
+
+    with caplog.at_level(logging.INFO):
+        master.step()
+
+    assert "recycled (max_jobs 10 reached after 10 jobs)" in caplog.text
+    assert len(pids_of(master, "echo")) == 1
+    assert pids_of(master, "echo") != [pid]
+
+
+def test_ttin_ttou_scale_every_task(make_master, fake_os):
+    master = make_master([ECHO, SLEEP])
+    master.step()
+    assert master.counts == {"echo": 2, "sleep": 3}
+
+    master._signals.append(signal.SIGTTIN)
+    master.step()
+    assert master.counts == {"echo": 3, "sleep": 4}
+    assert len(pids_of(master, "echo")) == 3
+
+    for _ in range(5):
+        master._signals.append(signal.SIGTTOU)
+        master.step()
+    assert master.counts == {"echo": 1, "sleep": 1}
+    assert len(fake_os.signals_sent(signal.SIGTERM)) == 2 + 3
+
+
+def test_scale_down_stops_idle_first(make_master, fake_os):
+    master = make_master([PoolEntry("gearman_worker_echo", "tests.testapp", "echo", 3)])
+    master.spawn_missing_children()
+    first, second, third = pids_of(master, "echo")
+    for pid in (first, second, third):
+        master.handle_report(master.children[pid], MESSAGE_READY)
+    master.handle_report(master.children[third], MESSAGE_BUSY + b" H:host:1\n")
+
+    master.scale("echo", 1)
+    master.stop_surplus_children()
+
+    assert sorted(fake_os.signals_sent(signal.SIGTERM)) == [first, second]
+
+
+def test_scale_request_validates(make_master):
+    from gearman_pool.pool.status import scale_request
+
+    master = make_master()
+
+    assert scale_request(master, {"task": "nope", "count": 1})["ok"] is False
+    assert "unknown task 'nope'" in scale_request(master, {"task": "nope", "count": 1})["error"]
+    assert scale_request(master, {"task": "echo", "count": -1})["ok"] is False
+    assert scale_request(master, {"task": "echo", "count": "3"})["ok"] is False
+    assert scale_request(master, {"task": "echo"})["ok"] is False
+    assert scale_request(master, {"task": "echo", "delta": 2}) == {"ok": True, "task": "echo", "previous": 2, "count": 4}
+    assert scale_request(master, {"task": "echo", "count": 0}) == {"ok": True, "task": "echo", "previous": 4, "count": 0}
+
+
+def test_status_lists_children(make_master, fake_os, monkeypatch):
+    from gearman_pool.pool import status as status_module
+
+    monkeypatch.setattr(status_module, "child_memory", lambda pid: 1024)
+    master = make_master()
+    master.spawn_missing_children()
+    first, _second = pids_of(master, "echo")
+    master.handle_report(master.children[first], MESSAGE_BUSY + b" H:host:5\n")
+
+    status = master.handle_control_request({"command": "status"})
+
+    assert status["ok"] is True
+    assert [row["state"] for row in status["children"]] == ["busy", "starting"]
+    assert status["children"][0]["job_handle"] == "H:host:5"
+    assert status["tasks"][0]["configured"] == 2
+    assert status["totals"] == {"children": 2, "busy": 1, "jobs_done": 0, "memory_uss": 2048}
+    assert master.handle_control_request({"command": "bogus"})["ok"] is False

@@ -18,10 +18,22 @@ import time
 
 from gearman_pool.conf import gearman_settings
 from gearman_pool.connection import wait_readable
-from gearman_pool.pool.child import EXIT_BOOT_ERROR, MESSAGE_JOB, MESSAGE_READY, run_child
+from gearman_pool.logs import reopen_log_files
+from gearman_pool.pool.child import (
+    EXIT_BOOT_ERROR,
+    MESSAGE_BUSY,
+    MESSAGE_IDLE,
+    MESSAGE_READY,
+    MESSAGE_RECYCLE,
+    run_child,
+)
+from gearman_pool.pool.control import ControlServer
 from gearman_pool.pool.database import close_connections_before_fork
 from gearman_pool.pool.policy import RestartPolicy
-from gearman_pool.pool.reload import Validation, reexec_master, take_inherited_children
+from gearman_pool.pool.proctitle import set_process_title
+from gearman_pool.pool.reload import Validation, reexec_master, take_control_fd, take_inherited_children
+from gearman_pool.pool.status import build_status, scale_request
+from gearman_pool.pool.systemd import notify
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +45,21 @@ DEFAULT_GRACEFUL_TIMEOUT = 30.0
 IDLE_WAIT = 1.0
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+)
+
+STARTING = "starting"
+READY = "ready"
+BUSY = "busy"
+STOPPING = "stopping"
 
 CURRENT = "current"
 PREVIOUS = "previous"
@@ -53,6 +79,19 @@ class ChildProcess:
     term_sent_at: float | None = None
     kill_sent: bool = False
     report_buffer: bytes = b""
+    job_handle: str | None = None
+    job_started_at: float | None = None
+    jobs_done: int = 0
+    recycle_reason: str | None = None
+    kill_reason: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.term_sent or self.kill_sent:
+            return STOPPING
+        if self.job_handle is not None:
+            return BUSY
+        return READY if self.ready else STARTING
 
 
 def describe_exit_status(status: int) -> str:
@@ -82,8 +121,15 @@ class PoolMaster:
         policy: RestartPolicy | None = None,
         exec_argv: list[str] | None = None,
         pidfile=None,
+        control_socket: str | None = None,
     ):
         self.entries = {entry.task_name: entry for entry in entries}
+        self.counts = {entry.task_name: entry.count for entry in entries}
+        self.control_socket = control_socket
+        self.control: ControlServer | None = None
+        self.slot_restarts: dict[tuple[str, int], int] = {}
+        self.started_at = time.time()
+        self.notified_ready = False
         self.graceful_timeout = graceful_timeout
         self.policy = policy or RestartPolicy()
         self.exec_argv = exec_argv
@@ -109,7 +155,10 @@ class PoolMaster:
         try:
             if self.pidfile is not None:
                 self.pidfile.create(self.pid)
+            if self.control_socket is not None:
+                self.control = ControlServer(self.control_socket, self.handle_control_request, take_control_fd())
             self.adopt_inherited_children()
+            set_process_title("master")
             logger.info(
                 "Pool master started (pid %s): tasks %s; servers %s",
                 self.pid,
@@ -124,6 +173,8 @@ class PoolMaster:
         finally:
             # A successful reload never gets here: execv() replaced this image.
             self.restore_signal_handlers()
+            if self.control is not None:
+                self.control.close()
             if self.pidfile is not None:
                 self.pidfile.remove(self.pid)
         logger.info("Pool master stopped (pid %s)", self.pid)
@@ -138,8 +189,10 @@ class PoolMaster:
             self.kill_after_deadline()
             return
         self.kill_overdue_children()
+        self.stop_surplus_children()
         self.spawn_missing_children()
         self.retire_replaced_children()
+        self.notify_ready_once_served()
         self.stop_if_every_task_failed()
 
     # ---- signals and events -----------------------------------------------------
@@ -181,15 +234,30 @@ class PoolMaster:
                 self.stop_now()
             elif signum == signal.SIGHUP:
                 self.request_reload()
+            elif signum in (signal.SIGTTIN, signal.SIGTTOU) and not self.stopping:
+                delta = 1 if signum == signal.SIGTTIN else -1
+                for task in self.entries:
+                    self.scale(task, max(1, self.counts[task] + delta))
+            elif signum == signal.SIGUSR1:
+                self.reopen_logs()
 
     def wait_for_event(self, timeout: float) -> None:
         reports = {child.report_fd: child for child in self.children.values() if child.report_fd >= 0}
-        ready = wait_readable([self._wakeup_read, *reports], timeout)
+        control_fds = []
+        if self.control is not None:
+            control_fds = [self.control.fileno(), *self.control.client_fds()]
+        ready = wait_readable([self._wakeup_read, *reports, *control_fds], timeout)
         for fd in ready:
             if fd == self._wakeup_read:
                 self._drain(fd)
-            else:
+            elif fd in reports:
                 self.read_report(reports[fd])
+            elif self.control is not None and fd == self.control.fileno():
+                self.control.accept()
+            elif self.control is not None:
+                self.control.serve(fd)
+        if self.control is not None:
+            self.control.drop_stale_clients()
 
     def _drain(self, fd: int) -> None:
         try:
@@ -214,12 +282,25 @@ class PoolMaster:
             self.handle_report(child, line + b"\n")
 
     def handle_report(self, child: ChildProcess, message: bytes) -> None:
-        if message == MESSAGE_READY and not child.ready:
+        kind, _, argument = message.rstrip(b"\n").partition(b" ")
+        if kind == MESSAGE_READY and not child.ready:
             child.ready = True
             logger.debug("Child %s of task %r is ready", child.pid, child.task_name)
-        elif message == MESSAGE_JOB and not child.served_jobs:
-            child.served_jobs = True
-            self.policy.record_success(child.task_name)
+        elif kind == MESSAGE_BUSY:
+            child.ready = True
+            child.job_handle = argument.decode("utf-8", "replace")
+            child.job_started_at = time.monotonic()
+            if not child.served_jobs:
+                # A child that got as far as running a job booted fine.
+                child.served_jobs = True
+                self.policy.record_success(child.task_name)
+        elif kind == MESSAGE_IDLE:
+            child.job_handle = None
+            child.job_started_at = None
+            if argument.isdigit():
+                child.jobs_done = int(argument)
+        elif kind == MESSAGE_RECYCLE:
+            child.recycle_reason = argument.decode("utf-8", "replace")
 
     def close_report_pipe(self, child: ChildProcess) -> None:
         if child.report_fd >= 0:
@@ -234,7 +315,9 @@ class PoolMaster:
             return max(0.0, min(IDLE_WAIT, self._stop_deadline - now))
         timeout = IDLE_WAIT
         for entry in self.entries.values():
-            if self.count_children(entry.task_name) < entry.count and not self.policy.is_failed(entry.task_name):
+            if self.count_children(entry.task_name) < self.counts[entry.task_name] and not self.policy.is_failed(
+                entry.task_name
+            ):
                 timeout = min(timeout, max(0.0, self.policy.next_spawn_time(entry.task_name) - now))
         return timeout
 
@@ -244,7 +327,7 @@ class PoolMaster:
         return [
             child
             for child in self.children.values()
-            if child.task_name == task_name and child.generation == CURRENT
+            if child.task_name == task_name and child.generation == CURRENT and not child.term_sent
         ]
 
     def count_children(self, task_name: str) -> int:
@@ -256,7 +339,7 @@ class PoolMaster:
             if not self.policy.may_spawn(entry.task_name, now):
                 continue
             used_slots = {child.slot for child in self.current_children(entry.task_name)}
-            for slot in range(1, entry.count + 1):
+            for slot in range(1, self.counts[entry.task_name] + 1):
                 if slot not in used_slots:
                     self.spawn_child(entry, slot)
 
@@ -293,7 +376,14 @@ class PoolMaster:
 
         child = ChildProcess(pid, entry.task_name, slot, time.monotonic(), report_fd=report_read)
         self.children[pid] = child
-        logger.info("Spawned child %s for task %r (slot %d of %d)", pid, entry.task_name, slot, entry.count)
+        key = (entry.task_name, slot)
+        if key in self.slot_restarts:
+            self.slot_restarts[key] += 1
+        else:
+            self.slot_restarts[key] = 0
+        logger.info(
+            "Spawned child %s for task %r (slot %d of %d)", pid, entry.task_name, slot, self.counts[entry.task_name]
+        )
         return child
 
     def reap_children(self) -> None:
@@ -320,8 +410,14 @@ class PoolMaster:
     def handle_child_exit(self, child: ChildProcess, status: int) -> None:
         task = child.task_name
         description = describe_exit_status(status)
-        if self.stopping or child.generation == PREVIOUS or task not in self.entries:
+        if child.kill_reason is not None:
+            description = f"{description} ({child.kill_reason})"
+        if self.stopping or child.generation == PREVIOUS or task not in self.entries or child.term_sent:
             logger.info("Child %s of task %r %s", child.pid, task, description)
+            return
+        if child.recycle_reason is not None:
+            logger.info("Child %s of task %r recycled (%s); replacing it", child.pid, task, child.recycle_reason)
+            self.policy.record_exit(task, child.started_at, time.monotonic(), served_jobs=True)
             return
 
         code = os.waitstatus_to_exitcode(status)
@@ -412,9 +508,13 @@ class PoolMaster:
         # installed its handlers, so none is lost or acted on by a default handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         signal.set_wakeup_fd(-1)
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        control_fd = self.control.detach_for_exec() if self.control is not None else None
         try:
-            reexec_master(self.exec_argv, list(self.children.values()), self.reload_requested)
+            reexec_master(self.exec_argv, list(self.children.values()), self.reload_requested, control_fd)
         except OSError as exc:
+            if self.control is not None:
+                self.control.listener.set_inheritable(False)
             signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             logger.error("Reload failed: cannot re-execute %s: %s (pid %s)", self.exec_argv[0], exc, self.pid)
@@ -469,8 +569,8 @@ class PoolMaster:
             else:
                 ready_new = sum(1 for child in self.current_children(task_name) if child.ready)
                 serving_old = len(old)
-                retire = max(0, ready_new + serving_old - entry.count)
-                if ready_new >= entry.count:
+                retire = max(0, ready_new + serving_old - self.counts[task_name])
+                if ready_new >= self.counts[task_name]:
                     retire = serving_old
             for child in old[:retire]:
                 logger.info(
@@ -479,11 +579,70 @@ class PoolMaster:
                 self.signal_child(child, signal.SIGTERM)
         if not [child for child in self.children.values() if child.generation == PREVIOUS and not child.term_sent]:
             logger.info("Reload: every task is served by new children (pid %s)", self.pid)
+            notify("READY=1", "STATUS=Reload complete")
+
+    # ---- scaling, readiness, operator requests ---------------------------------------
+
+    def scale(self, task: str, count: int) -> int:
+        """Set the child count of ``task``; return the previous count."""
+        previous = self.counts[task]
+        if count != previous:
+            self.counts[task] = count
+            logger.info("Scaling task %r from %d to %d children (pid %s)", task, previous, count, self.pid)
+        return previous
+
+    def stop_surplus_children(self) -> None:
+        """Stop children above each task's count: idle ones first, then starting, then busy."""
+        preference = {READY: 0, STARTING: 1, BUSY: 2}
+        for task, count in self.counts.items():
+            active = self.current_children(task)
+            surplus = len(active) - count
+            if surplus <= 0:
+                continue
+            active.sort(key=lambda child: (preference.get(child.state, 3), -child.slot))
+            for child in active[:surplus]:
+                logger.info(
+                    "Stopping child %s of task %r (slot %d, %s) to scale down (pid %s)",
+                    child.pid,
+                    task,
+                    child.slot,
+                    child.state,
+                    self.pid,
+                )
+                self.signal_child(child, signal.SIGTERM)
+
+    def notify_ready_once_served(self) -> None:
+        """Tell systemd READY=1 once every task's first children have registered."""
+        if self.notified_ready or self.reloading:
+            return
+        for task, count in self.counts.items():
+            if self.policy.is_failed(task):
+                continue
+            if sum(1 for child in self.current_children(task) if child.ready) < count:
+                return
+        self.notified_ready = True
+        logger.info("Every task is served by its configured children (pid %s)", self.pid)
+        notify("READY=1", f"MAINPID={self.pid}", "STATUS=Serving")
+
+    def reopen_logs(self) -> None:
+        count = reopen_log_files()
+        logger.info("Received SIGUSR1: reopened %d log files; forwarding to children (pid %s)", count, self.pid)
+        for child in self.children.values():
+            self.signal_child(child, signal.SIGUSR1)
+
+    def handle_control_request(self, request: dict) -> dict:
+        command = request.get("command")
+        if command == "status":
+            return build_status(self)
+        if command == "scale":
+            return scale_request(self, request)
+        return {"ok": False, "error": f"unknown command {command!r}; use 'status' or 'scale'"}
 
     # ---- stopping ----------------------------------------------------------------
 
     def begin_graceful_stop(self) -> None:
         self.stopping = True
+        notify("STOPPING=1")
         self._stop_deadline = time.monotonic() + self.graceful_timeout
         if self.validation is not None:
             self.validation.kill()
@@ -499,13 +658,33 @@ class PoolMaster:
             self.signal_child(child, signal.SIGTERM)
 
     def kill_overdue_children(self) -> None:
-        """SIGKILL children that got SIGTERM outside a pool stop (retired by a reload)
-        and are still running after the graceful timeout."""
+        """SIGKILL children past a deadline: a job over its task's job_timeout, or a
+        SIGTERM outside a pool stop (a reload retiring it, or scaling down) ignored for
+        longer than the graceful timeout."""
         now = time.monotonic()
         for child in self.children.values():
-            if child.kill_sent or child.term_sent_at is None:
+            if child.kill_sent:
                 continue
-            if now - child.term_sent_at >= self.graceful_timeout:
+            entry = self.entries.get(child.task_name)
+            job_timeout = entry.limits.job_timeout if entry is not None else None
+            if job_timeout is not None and child.job_started_at is not None:
+                elapsed = now - child.job_started_at
+                if elapsed > job_timeout:
+                    logger.error(
+                        "Child %s of task %r: job %s ran %.1f s, over job_timeout %g s; killing the child, "
+                        "and gearmand will requeue the job (pid %s)",
+                        child.pid,
+                        child.task_name,
+                        child.job_handle,
+                        elapsed,
+                        job_timeout,
+                        self.pid,
+                    )
+                    child.kill_reason = f"job {child.job_handle} over job_timeout {job_timeout:g} s"
+                    self.signal_child(child, signal.SIGKILL)
+                    child.kill_sent = True
+                    continue
+            if child.term_sent_at is not None and now - child.term_sent_at >= self.graceful_timeout:
                 logger.warning(
                     "Killing child %s of task %r: still running %g s after SIGTERM (pid %s)",
                     child.pid,

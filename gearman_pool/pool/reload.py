@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 INHERITED_CHILDREN_ENV = "GEARMAN_POOL_INHERITED_CHILDREN"
 RELOAD_PENDING_ENV = "GEARMAN_POOL_RELOAD_PENDING"
+CONTROL_FD_ENV = "GEARMAN_POOL_CONTROL_FD"
+HANDOVER_ENVS = (INHERITED_CHILDREN_ENV, RELOAD_PENDING_ENV, CONTROL_FD_ENV)
 CHECK_OPTION = "--check"
 # How much of a failed validation's output goes into the log, in characters.
 VALIDATION_OUTPUT_TAIL = 4000
@@ -38,7 +40,7 @@ class Validation:
                 (os.POSIX_SPAWN_DUP2, descriptor, 1),
                 (os.POSIX_SPAWN_DUP2, descriptor, 2),
             ]
-            environment = {key: value for key, value in os.environ.items() if key != INHERITED_CHILDREN_ENV}
+            environment = {key: value for key, value in os.environ.items() if key not in HANDOVER_ENVS}
             # The validator must not inherit the master's blocked signals, or a stop
             # request could not end it.
             self.pid = os.posix_spawn(
@@ -70,7 +72,7 @@ class Validation:
         self.finish(0)
 
 
-def reexec_master(argv: list[str], children, reload_pending: bool) -> None:
+def reexec_master(argv: list[str], children, reload_pending: bool, control_fd: int | None = None) -> None:
     """Replace this process image with a fresh master running the code on disk.
 
     Only returns by raising OSError when execv() fails; the caller keeps serving then.
@@ -92,6 +94,8 @@ def reexec_master(argv: list[str], children, reload_pending: bool) -> None:
     os.environ[INHERITED_CHILDREN_ENV] = json.dumps(inherited)
     if reload_pending:
         os.environ[RELOAD_PENDING_ENV] = "1"
+    if control_fd is not None:
+        os.environ[CONTROL_FD_ENV] = str(control_fd)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     for handler in logging.getLogger().handlers + logging.getLogger("gearman_pool").handlers:
@@ -99,8 +103,8 @@ def reexec_master(argv: list[str], children, reload_pending: bool) -> None:
     try:
         os.execv(argv[0], argv)
     except OSError:
-        os.environ.pop(INHERITED_CHILDREN_ENV, None)
-        os.environ.pop(RELOAD_PENDING_ENV, None)
+        for name in HANDOVER_ENVS:
+            os.environ.pop(name, None)
         raise
 
 
@@ -119,3 +123,11 @@ def take_inherited_children() -> tuple[list[dict], bool]:
         logger.error("Ignoring malformed %s=%r (pid %s)", INHERITED_CHILDREN_ENV, text[:200], os.getpid())
         return [], pending
     return [child for child in children if isinstance(child, dict) and isinstance(child.get("pid"), int)], pending
+
+
+def take_control_fd() -> int | None:
+    """Return the listening control socket a previous master image handed over."""
+    text = os.environ.pop(CONTROL_FD_ENV, None)
+    if text is None or not text.isdigit():
+        return None
+    return int(text)

@@ -8,6 +8,7 @@ import traceback
 from django.core.management import get_commands, load_command_class
 
 from gearman_pool.jobs import InvalidWorkerCommand, resolve_task_name
+from gearman_pool.pool.limits import TaskLimits
 from gearman_pool.worker_command import GearmanWorkerBaseCommand
 
 COMMAND_PREFIX = "gearman_worker_"
@@ -32,6 +33,7 @@ class PoolEntry:
     app_name: str
     task_name: str
     count: int
+    limits: TaskLimits = TaskLimits()
 
 
 def discover_worker_commands() -> dict[str, WorkerCommandInfo]:

@@ -1,3 +1,4 @@
+import dataclasses
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -6,6 +7,15 @@ from gearman_pool.conf import gearman_settings
 from gearman_pool.errors import InvalidServerAddress
 from gearman_pool.logs import ensure_log_handler
 from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, PoolMaster
+from gearman_pool.pool.control import ControlSocketError
+from gearman_pool.pool.limits import (
+    InvalidLimit,
+    TaskLimits,
+    parse_job_timeout,
+    parse_max_jobs,
+    parse_memory,
+    resolve_limits,
+)
 from gearman_pool.pool.pidfile import Pidfile, PidfileError
 from gearman_pool.pool.policy import (
     DEFAULT_INITIAL_DELAY,
@@ -68,6 +78,31 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--max-jobs",
+            type=int,
+            metavar="N",
+            help="Recycle a child after about N jobs (plus up to 10%% random jitter). Default: no limit.",
+        )
+        parser.add_argument(
+            "--max-memory",
+            metavar="SIZE",
+            help=(
+                "Recycle a child, between jobs, when its unique memory (USS) exceeds SIZE, "
+                "e.g. 512M or 1G. Needs psutil. Default: no limit."
+            ),
+        )
+        parser.add_argument(
+            "--job-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="Kill a child whose job runs longer than SECONDS; gearmand requeues the job. Default: no limit.",
+        )
+        parser.add_argument(
+            "--control-socket",
+            metavar="PATH",
+            help="Unix socket for gearman_pool_status and gearman_pool_scale. Default: GEARMAN_POOL_CONTROL_SOCKET.",
+        )
+        parser.add_argument(
             "--pidfile",
             metavar="PATH",
             help="Write the master's pid to PATH; refused while PATH names a running pool.",
@@ -76,6 +111,14 @@ class Command(BaseCommand):
             "--check",
             action="store_true",
             help="Check the settings and import every worker command, then exit without forking.",
+        )
+
+    @staticmethod
+    def default_limits(options) -> TaskLimits:
+        return TaskLimits(
+            max_jobs=None if options["max_jobs"] is None else parse_max_jobs(options["max_jobs"]),
+            max_memory=None if options["max_memory"] is None else parse_memory(options["max_memory"]),
+            job_timeout=None if options["job_timeout"] is None else parse_job_timeout(options["job_timeout"]),
         )
 
     def run_from_argv(self, argv):
@@ -106,11 +149,19 @@ class Command(BaseCommand):
             else:
                 pairs = parse_workers_option(options["workers"])
             entries = resolve_entries(pairs, discovered)
-        except (PoolConfigurationError, InvalidServerAddress) as exc:
+            defaults = self.default_limits(options)
+            per_task = gearman_settings.pool_limits
+            entries = [
+                dataclasses.replace(entry, limits=resolve_limits(defaults, per_task, entry.task_name))
+                for entry in entries
+            ]
+        except (PoolConfigurationError, InvalidServerAddress, InvalidLimit) as exc:
             raise CommandError(str(exc)) from None
+        if any(entry.limits.max_memory is not None for entry in entries) and not _has_psutil():
+            raise CommandError("--max-memory and max_memory need psutil: pip install 'django-gearman-commands[memory]'")
 
         if options["check"]:
-            counts = ", ".join(f"{entry.task_name}={entry.count}" for entry in entries)
+            counts = ", ".join(f"{entry.task_name}={entry.count} ({entry.limits.describe()})" for entry in entries)
             self.stdout.write(f"gearman_pool configuration is valid: {counts}")
             return
 
@@ -126,10 +177,19 @@ class Command(BaseCommand):
             ),
             exec_argv=getattr(self, "exec_argv", None),
             pidfile=pidfile,
+            control_socket=options["control_socket"] or gearman_settings.control_socket,
         )
         try:
             exit_code = master.run()
-        except PidfileError as exc:
+        except (PidfileError, ControlSocketError) as exc:
             raise CommandError(str(exc)) from None
         if exit_code:
             raise CommandError("every task failed to start; see the log above", returncode=exit_code)
+
+
+def _has_psutil() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True
