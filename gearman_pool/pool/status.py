@@ -89,6 +89,8 @@ def build_status(master) -> dict:
 
 def scale_request(master, request: dict) -> dict:
     task = request.get("task")
+    by_command = {entry.command_name: name for name, entry in master.entries.items()}
+    task = by_command.get(task, task)
     if task not in master.counts:
         valid = ", ".join(sorted(master.counts))
         return {"ok": False, "error": f"unknown task {task!r}; this pool runs {valid}"}

@@ -1,0 +1,3 @@
+from gearman_pool.management.commands.gearman_pool_scale import Command
+
+__all__ = ["Command"]
