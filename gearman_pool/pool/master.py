@@ -29,6 +29,7 @@ from gearman_pool.pool.child import (
 )
 from gearman_pool.pool.control import ControlServer
 from gearman_pool.pool.database import close_connections_before_fork
+from gearman_pool.pool.gearmand import GEARMAND_PID_ENV
 from gearman_pool.pool.policy import RestartPolicy
 from gearman_pool.pool.proctitle import set_process_title
 from gearman_pool.pool.reload import Validation, reexec_master, take_control_fd, take_inherited_children
@@ -122,10 +123,12 @@ class PoolMaster:
         exec_argv: list[str] | None = None,
         pidfile=None,
         control_socket: str | None = None,
+        gearmand=None,
     ):
         self.entries = {entry.task_name: entry for entry in entries}
         self.counts = {entry.task_name: entry.count for entry in entries}
         self.control_socket = control_socket
+        self.gearmand = gearmand
         self.control: ControlServer | None = None
         self.slot_restarts: dict[tuple[str, int], int] = {}
         self.started_at = time.time()
@@ -158,6 +161,7 @@ class PoolMaster:
             if self.control_socket is not None:
                 self.control = ControlServer(self.control_socket, self.handle_control_request, take_control_fd())
             self.adopt_inherited_children()
+            self.start_gearmand()
             set_process_title("master")
             logger.info(
                 "Pool master started (pid %s): tasks %s; servers %s",
@@ -168,13 +172,15 @@ class PoolMaster:
             # Signals that arrived during start-up, or across a re-exec, were held
             # blocked until the handlers above existed.
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-            while not (self.stopping and not self.children and self.validation is None):
+            while not (self.stopping and not self.children and self.validation is None and not self.gearmand_running):
                 self.step()
         finally:
             # A successful reload never gets here: execv() replaced this image.
             self.restore_signal_handlers()
             if self.control is not None:
                 self.control.close()
+            if self.gearmand is not None:
+                self.gearmand.cleanup()
             if self.pidfile is not None:
                 self.pidfile.remove(self.pid)
         logger.info("Pool master stopped (pid %s)", self.pid)
@@ -187,7 +193,10 @@ class PoolMaster:
         self.reap_children()
         if self.stopping:
             self.kill_after_deadline()
+            self.stop_gearmand_last()
             return
+        if self.gearmand is not None:
+            self.gearmand.restart_if_due()
         self.kill_overdue_children()
         self.stop_surplus_children()
         self.spawn_missing_children()
@@ -397,6 +406,9 @@ class PoolMaster:
             if self.validation is not None and pid == self.validation.pid:
                 self.finish_validation(status)
                 continue
+            if self.gearmand is not None and pid == self.gearmand.pid:
+                self.gearmand.exited(describe_exit_status(status), self.stopping)
+                continue
             child = self.children.pop(pid, None)
             if child is None:
                 logger.debug("Reaped unknown process %s (%s)", pid, describe_exit_status(status))
@@ -510,6 +522,8 @@ class PoolMaster:
         signal.set_wakeup_fd(-1)
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         control_fd = self.control.detach_for_exec() if self.control is not None else None
+        if self.gearmand is not None and self.gearmand.pid is not None:
+            os.environ[GEARMAND_PID_ENV] = str(self.gearmand.pid)
         try:
             reexec_master(self.exec_argv, list(self.children.values()), self.reload_requested, control_fd)
         except OSError as exc:
@@ -580,6 +594,28 @@ class PoolMaster:
         if not [child for child in self.children.values() if child.generation == PREVIOUS and not child.term_sent]:
             logger.info("Reload: every task is served by new children (pid %s)", self.pid)
             notify("READY=1", "STATUS=Reload complete")
+
+    # ---- the local gearmand ----------------------------------------------------------
+
+    @property
+    def gearmand_running(self) -> bool:
+        return self.gearmand is not None and self.gearmand.pid is not None
+
+    def start_gearmand(self) -> None:
+        if self.gearmand is None:
+            return
+        inherited = os.environ.pop(GEARMAND_PID_ENV, None)
+        if inherited is not None and inherited.isdigit() and self.gearmand.adopt(int(inherited)):
+            logger.info("Reload: adopted gearmand %s on %s (pid %s)", inherited, self.gearmand.address, self.pid)
+            return
+        self.gearmand.start()
+
+    def stop_gearmand_last(self) -> None:
+        # gearmand goes after every worker, so that no child loses its server mid-job.
+        if self.gearmand is None or self.children:
+            return
+        self.gearmand.stop()
+        self.gearmand.kill_if_stuck()
 
     # ---- scaling, readiness, operator requests ---------------------------------------
 

@@ -8,6 +8,7 @@ from gearman_pool.errors import InvalidServerAddress
 from gearman_pool.logs import ensure_log_handler
 from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, PoolMaster
 from gearman_pool.pool.control import ControlSocketError
+from gearman_pool.pool.gearmand import GearmandError, LocalGearmand
 from gearman_pool.pool.limits import (
     InvalidLimit,
     TaskLimits,
@@ -103,6 +104,22 @@ class Command(BaseCommand):
             help="Unix socket for gearman_pool_status and gearman_pool_scale. Default: GEARMAN_POOL_CONTROL_SOCKET.",
         )
         parser.add_argument(
+            "--with-gearmand",
+            action="store_true",
+            help=(
+                "Run Debian's gearmand on the first GEARMAN_SERVERS address (a loopback address) as a "
+                "supervised child: restarted if it dies, stopped after the workers."
+            ),
+        )
+        parser.add_argument(
+            "--gearmand-arg",
+            action="append",
+            default=[],
+            dest="gearmand_args",
+            metavar="ARG",
+            help="Extra gearmand argument with --with-gearmand, e.g. --gearmand-arg=--job-retries=3; repeatable.",
+        )
+        parser.add_argument(
             "--pidfile",
             metavar="PATH",
             help="Write the master's pid to PATH; refused while PATH names a running pool.",
@@ -166,6 +183,14 @@ class Command(BaseCommand):
             return
 
         ensure_log_handler()
+        gearmand = None
+        if options["with_gearmand"]:
+            try:
+                gearmand = LocalGearmand(gearman_settings.servers[0], extra_args=options["gearmand_args"])
+            except GearmandError as exc:
+                raise CommandError(str(exc)) from None
+        elif options["gearmand_args"]:
+            raise CommandError("--gearmand-arg applies only with --with-gearmand")
         pidfile = Pidfile(options["pidfile"]) if options["pidfile"] else None
         master = PoolMaster(
             entries,
@@ -178,10 +203,11 @@ class Command(BaseCommand):
             exec_argv=getattr(self, "exec_argv", None),
             pidfile=pidfile,
             control_socket=options["control_socket"] or gearman_settings.control_socket,
+            gearmand=gearmand,
         )
         try:
             exit_code = master.run()
-        except (PidfileError, ControlSocketError) as exc:
+        except (PidfileError, ControlSocketError, GearmandError) as exc:
             raise CommandError(str(exc)) from None
         if exit_code:
             raise CommandError("every task failed to start; see the log above", returncode=exit_code)
