@@ -1,4 +1,4 @@
-"""What a pool child runs after fork(): signal set-up, then the same worker loop as
+"""The code a pool child runs after fork(): signal set-up, then the same worker loop as
 ``manage.py gearman_worker_<task>``. ``run_child`` never returns into the master's code.
 
 The child reports to the master over a pipe, one ASCII line per event:
@@ -70,8 +70,8 @@ def unique_memory() -> int | None:
 class MasterPipe:
     """The write end of the child's pipe to the master.
 
-    Writes are non-blocking, so a stalled master cannot stall the worker; a message that
-    does not fit is dropped (the pipe holds 64 KiB, thousands of messages).
+    Writes are non-blocking, so a stalled master cannot stall the worker. A message that
+    does not fit is dropped. The pipe holds 64 KiB, which is thousands of messages.
     """
 
     def __init__(self, fd: int):

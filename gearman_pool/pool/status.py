@@ -9,7 +9,7 @@ from gearman_pool.conf import gearman_settings
 
 logger = logging.getLogger(__name__)
 
-# The largest per-task child count a scale request may set.
+# Maximum child count per task that a scale request may set.
 MAX_CHILDREN_PER_TASK = 1000
 
 
