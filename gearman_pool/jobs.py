@@ -6,14 +6,13 @@ both decode payloads, encode results and handle database connections the same wa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections
 
 from gearman_pool.conf import gearman_settings
+from gearman_pool.encoding import encode_value
 from gearman_pool.worker import GearmanWorker, Job
 
 logger = logging.getLogger(__name__)
@@ -23,16 +22,8 @@ class InvalidWorkerCommand(ValueError):
     """A worker command whose task_name or encoding settings are unusable."""
 
 
-def encode_result(value) -> bytes:
-    """Encode what ``do_job`` returned: bytes as they are, str as UTF-8, None as empty,
-    anything else as JSON (DjangoJSONEncoder, so dates and Decimals work)."""
-    if value is None:
-        return b""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False).encode("utf-8")
+# Encoder of ``do_job`` results, kept under this name because callers import it from here.
+encode_result = encode_value
 
 
 class JobRunner:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from gearman_pool.client import GearmanClient, JobResult
 from gearman_pool.conf import gearman_settings
+from gearman_pool.encoding import encode_value
 
-
-def encode_job_data(data) -> bytes:
-    """Encode job data: None as empty, bytes as they are, str as UTF-8, else JSON."""
-    if data is None:
-        return b""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    from django.core.serializers.json import DjangoJSONEncoder
-
-    return json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False).encode("utf-8")
+# Encoder of job data, kept under this name because callers import it from here.
+encode_job_data = encode_value
 
 
 def submit_job(

@@ -15,12 +15,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from gearman_pool.address import ServerAddress
+from gearman_pool.client import GearmanClient
+from gearman_pool.worker import GearmanWorker
 from tests.gearmand import GearmandError, GearmandProcess
+from tests.helpers import WORKER_JOIN_TIMEOUT, WorkerThread
 
 try:
     import psutil
@@ -29,6 +35,7 @@ except ImportError:  # psutil is in the `test` extra, but the fixtures work with
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_ENV = "GEARMAN_TEST_SERVER"
+CONTROL_SOCKET_ENV = "GEARMAN_POOL_TEST_CONTROL_SOCKET"
 MANAGE_TIMEOUT = 60.0
 KILL_WAIT_TIMEOUT = 5.0
 
@@ -149,6 +156,9 @@ def manage_env(gearmand_address: str, overrides: Mapping[str, str] | None) -> di
     env[SERVER_ENV] = gearmand_address
     env["TEST_DB_USE_TEST_NAME"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # Each pool gets its own control socket, so pools of concurrent test runs never meet.
+    # The path stays short: a unix socket path is limited to 107 bytes.
+    env[CONTROL_SOCKET_ENV] = os.path.join(tempfile.gettempdir(), f"gp-{uuid.uuid4().hex[:12]}.sock")
     env.pop("DJANGO_SETTINGS_MODULE", None)
     if overrides:
         env.update(overrides)
@@ -245,3 +255,54 @@ def spawn_manage(gearmand_address: str, tmp_path: Path) -> Iterator[Callable[...
 
     for process in processes:
         kill_process_tree(process)
+
+
+@pytest.fixture
+def address(gearmand_address) -> ServerAddress:
+    """The address of the shared gearmand, as a ServerAddress."""
+    return ServerAddress.parse(gearmand_address)
+
+
+@pytest.fixture
+def make_client():
+    clients = []
+
+    def make(servers, **kwargs) -> GearmanClient:
+        client = GearmanClient(servers, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def gearman_client(make_client, address) -> GearmanClient:
+    """A GearmanClient of the shared gearmand.
+
+    Not named `client`, because that would replace pytest-django's Django test client.
+    """
+    return make_client([address])
+
+
+@pytest.fixture
+def start_worker():
+    """Start GearmanWorker threads; each is stopped, joined and closed after the test."""
+    threads: list[WorkerThread] = []
+
+    def start(servers, handlers, max_jobs=None, **kwargs) -> WorkerThread:
+        thread = WorkerThread(GearmanWorker(servers, handlers, **kwargs), max_jobs)
+        thread.start()
+        threads.append(thread)
+        return thread
+
+    yield start
+
+    for thread in threads:
+        thread.worker.request_stop()
+    for thread in threads:
+        thread.join(WORKER_JOIN_TIMEOUT)
+        assert not thread.is_alive(), "worker thread did not stop"
+        thread.worker.close()

@@ -16,11 +16,11 @@ import zlib
 import pytest
 
 from gearman_pool.address import ServerAddress
-from gearman_pool.client import GearmanClient
 from gearman_pool.connection import AdminConnection
 from gearman_pool.errors import JobFailed, JobTimeout, QueueFull, ServerUnavailable
 from gearman_pool.protocol import PacketDecoder, PacketType, encode_response
-from gearman_pool.worker import GearmanWorker
+from tests.gearmand import pick_free_port
+from tests.helpers import echo_handler, queue_status
 
 # Upper bound for one foreground job in these tests, so that a lost job fails the test
 # instead of hanging it.
@@ -32,107 +32,16 @@ def new_task(label: str) -> bytes:
     return f"test-client-{label}-{uuid.uuid4().hex}".encode()
 
 
-def echo_handler(job):
-    return job.data
-
-
-def admin_command(address: ServerAddress, command: bytes) -> list[bytes]:
-    """Send an admin command and return its reply lines up to the closing "."."""
-    with AdminConnection(address, io_timeout=5.0) as admin:
-        admin.send_line(command)
-        lines = []
-        while True:
-            line = admin.read_line()
-            if line == b".":
-                return lines
-            lines.append(line)
-
-
-def queue_status(address: ServerAddress, task: bytes) -> tuple[int, int, int] | None:
-    """Return (queued, running, available workers) of ``task`` from the admin `status`."""
-    for line in admin_command(address, b"status"):
-        fields = line.split(b"\t")
-        if fields[0] == task:
-            return int(fields[1]), int(fields[2]), int(fields[3])
-    return None
-
-
-def closed_port() -> int:
-    """Return a loopback port that was just bound and released, so nothing listens on it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def patterned(size: int) -> bytes:
     """Return ``size`` bytes that differ per size and contain every byte value."""
     block = size.to_bytes(4, "big") + bytes(range(256))
     return (block * (size // len(block) + 1))[:size]
 
 
-class WorkerThread(threading.Thread):
-    """Runs ``worker.work(max_jobs)`` and keeps its return value."""
-
-    def __init__(self, worker: GearmanWorker, max_jobs: int | None = None):
-        super().__init__(daemon=True)
-        self.worker = worker
-        self.max_jobs = max_jobs
-        self.jobs_done: int | None = None
-
-    def run(self):
-        self.jobs_done = self.worker.work(max_jobs=self.max_jobs)
-
-
-@pytest.fixture
-def address(gearmand_address) -> ServerAddress:
-    return ServerAddress.parse(gearmand_address)
-
-
-@pytest.fixture
-def make_client():
-    clients = []
-
-    def make(servers, **kwargs) -> GearmanClient:
-        client = GearmanClient(servers, **kwargs)
-        clients.append(client)
-        return client
-
-    yield make
-
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def client(make_client, address) -> GearmanClient:
-    return make_client([address])
-
-
-@pytest.fixture
-def start_worker():
-    """Start GearmanWorker threads; each is stopped, joined and closed after the test."""
-    threads: list[WorkerThread] = []
-
-    def start(servers, handlers, max_jobs=None, **kwargs) -> WorkerThread:
-        thread = WorkerThread(GearmanWorker(servers, handlers, **kwargs), max_jobs)
-        thread.start()
-        threads.append(thread)
-        return thread
-
-    yield start
-
-    for thread in threads:
-        thread.worker.request_stop()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "worker thread did not stop"
-        thread.worker.close()
-
-
-def test_background_submit_returns_handle(client, address):
+def test_background_submit_returns_handle(gearman_client, address):
     task = new_task("background")
 
-    result = client.submit_job(task, b"payload")
+    result = gearman_client.submit_job(task, b"payload")
 
     assert result.handle.startswith("H:")
     assert result.background is True
@@ -141,29 +50,29 @@ def test_background_submit_returns_handle(client, address):
     assert queue_status(address, task) == (1, 0, 0)
 
 
-def test_background_handles_differ(client):
+def test_background_handles_differ(gearman_client):
     task = new_task("handles")
 
-    first = client.submit_job(task, b"one")
-    second = client.submit_job(task, b"two")
+    first = gearman_client.submit_job(task, b"one")
+    second = gearman_client.submit_job(task, b"two")
 
     assert first.handle != second.handle
 
 
-def test_foreground_json_non_ascii(client, address, start_worker):
+def test_foreground_json_non_ascii(gearman_client, address, start_worker):
     task = new_task("json")
     start_worker([address], {task: echo_handler})
     document = {"cs": "Příliš žluťoučký kůň", "ja": "日本語のテキスト", "n": [1, 2.5, None]}
     payload = json.dumps(document, ensure_ascii=False).encode("utf-8")
 
-    result = client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == payload
     assert not result.result.endswith(b"\x00")
     assert json.loads(result.result.decode("utf-8")) == document
 
 
-def test_foreground_embedded_nul(client, address, start_worker):
+def test_foreground_embedded_nul(gearman_client, address, start_worker):
     task = new_task("nul")
     start_worker([address], {task: echo_handler})
     payloads = [
@@ -175,46 +84,46 @@ def test_foreground_embedded_nul(client, address, start_worker):
     ]
 
     for payload in payloads:
-        result = client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
+        result = gearman_client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
 
         assert result.result == payload, f"payload {payload[:40]!r}"
 
 
-def test_foreground_empty_payload(client, address, start_worker):
+def test_foreground_empty_payload(gearman_client, address, start_worker):
     task = new_task("empty")
     start_worker([address], {task: echo_handler})
 
-    result = client.submit_job(task, b"", background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, b"", background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == b""
 
 
-def test_foreground_sizes_around_64k(client, address, start_worker):
+def test_foreground_sizes_around_64k(gearman_client, address, start_worker):
     task = new_task("sizes")
     start_worker([address], {task: echo_handler})
 
     for size in range(65_470, 65_541):
         payload = patterned(size)
 
-        result = client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
+        result = gearman_client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
 
         assert len(result.result) == size, f"size {size}"
         assert result.result == payload, f"size {size}"
 
 
 @pytest.mark.parametrize("size", [1024 * 1024, 2 * 1024 * 1024], ids=["1MiB", "2MiB"])
-def test_foreground_large_payload(client, address, start_worker, size):
+def test_foreground_large_payload(gearman_client, address, start_worker, size):
     task = new_task("large")
     start_worker([address], {task: echo_handler})
     payload = patterned(size)
 
-    result = client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, payload, background=False, timeout=JOB_TIMEOUT)
 
     assert len(result.result) == size
     assert result.result == payload
 
 
-def test_background_json_reaches_worker(client, address, start_worker):
+def test_background_json_reaches_worker(gearman_client, address, start_worker):
     task = new_task("background-json")
     received = queue.Queue()
 
@@ -226,7 +135,7 @@ def test_background_json_reaches_worker(client, address, start_worker):
     document = {"cs": "Příliš žluťoučký kůň", "ja": "日本語のテキスト"}
     payload = json.dumps(document, ensure_ascii=False).encode("utf-8")
 
-    result = client.submit_job(task, payload, unique=b"json-unique-key")
+    result = gearman_client.submit_job(task, payload, unique=b"json-unique-key")
     job = received.get(timeout=JOB_TIMEOUT)
 
     assert job.data == payload
@@ -235,7 +144,7 @@ def test_background_json_reaches_worker(client, address, start_worker):
     assert job.handle.decode() == result.handle
 
 
-def test_handler_exception_then_good_job(client, address, start_worker):
+def test_handler_exception_then_good_job(gearman_client, address, start_worker):
     task = new_task("exception")
 
     def handler(job):
@@ -246,7 +155,7 @@ def test_handler_exception_then_good_job(client, address, start_worker):
     start_worker([address], {task: handler})
 
     with pytest.raises(JobFailed) as info:
-        client.submit_job(task, b"fail", background=False, timeout=JOB_TIMEOUT)
+        gearman_client.submit_job(task, b"fail", background=False, timeout=JOB_TIMEOUT)
 
     assert "bad input 42" in info.value.message
     assert "ValueError" in info.value.message
@@ -254,46 +163,46 @@ def test_handler_exception_then_good_job(client, address, start_worker):
     assert info.value.task == task.decode()
     assert info.value.handle.startswith("H:")
 
-    result = client.submit_job(task, b"good", background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, b"good", background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == b"ok:good"
 
 
-def test_job_timeout_then_next_submit(client, address, start_worker):
+def test_job_timeout_then_next_submit(gearman_client, address, start_worker):
     idle_task = new_task("unserved")
     served_task = new_task("served")
     start_worker([address], {served_task: echo_handler})
 
     started = time.monotonic()
     with pytest.raises(JobTimeout) as info:
-        client.submit_job(idle_task, b"never", background=False, timeout=0.5)
+        gearman_client.submit_job(idle_task, b"never", background=False, timeout=0.5)
     elapsed = time.monotonic() - started
 
     assert 0.5 <= elapsed < 3.0
     assert "0.5 s" in str(info.value)
     assert isinstance(info.value, TimeoutError)
 
-    result = client.submit_job(served_task, b"next", background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(served_task, b"next", background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == b"next"
 
 
-def test_priorities_foreground(client, address, start_worker):
+def test_priorities_foreground(gearman_client, address, start_worker):
     task = new_task("priority-foreground")
     start_worker([address], {task: echo_handler})
 
     for priority in ("high", "normal", "low"):
-        result = client.submit_job(
+        result = gearman_client.submit_job(
             task, priority.encode(), background=False, priority=priority, timeout=JOB_TIMEOUT
         )
 
         assert result.result == priority.encode()
 
 
-def test_priorities_order_queue(client, address, start_worker):
+def test_priorities_order_queue(gearman_client, address, start_worker):
     task = new_task("priority-order")
     for priority in ("low", "normal", "high"):
-        client.submit_job(task, priority.encode(), priority=priority)
+        gearman_client.submit_job(task, priority.encode(), priority=priority)
     assert queue_status(address, task) == (3, 0, 0)
     order = []
 
@@ -308,33 +217,33 @@ def test_priorities_order_queue(client, address, start_worker):
     assert order == [b"high", b"normal", b"low"]
 
 
-def test_invalid_priority(client):
+def test_invalid_priority(gearman_client):
     with pytest.raises(ValueError, match="invalid priority 'urgent'"):
-        client.submit_job(new_task("bad"), b"", priority="urgent")
+        gearman_client.submit_job(new_task("bad"), b"", priority="urgent")
 
 
 @pytest.mark.parametrize("task", ["text-task", b"", b"bad\x00task"])
-def test_invalid_task_name(client, task):
+def test_invalid_task_name(gearman_client, task):
     with pytest.raises(ValueError, match="invalid task name"):
-        client.submit_job(task, b"")
+        gearman_client.submit_job(task, b"")
 
 
-def test_text_data_rejected(client):
+def test_text_data_rejected(gearman_client):
     with pytest.raises(TypeError, match="job data must be bytes, got str"):
-        client.submit_job(new_task("text"), "text")
+        gearman_client.submit_job(new_task("text"), "text")
 
 
-def test_unique_key_with_nul_rejected(client):
+def test_unique_key_with_nul_rejected(gearman_client):
     with pytest.raises(ValueError, match="invalid unique key"):
-        client.submit_job(new_task("unique"), b"", unique=b"bad\x00key")
+        gearman_client.submit_job(new_task("unique"), b"", unique=b"bad\x00key")
 
 
-def test_unique_coalesces_queued_jobs(client, address, start_worker):
+def test_unique_coalesces_queued_jobs(gearman_client, address, start_worker):
     task = new_task("unique")
     key = uuid.uuid4().hex.encode()
 
-    first = client.submit_job(task, b"first", unique=key)
-    second = client.submit_job(task, b"second", unique=key)
+    first = gearman_client.submit_job(task, b"first", unique=key)
+    second = gearman_client.submit_job(task, b"second", unique=key)
 
     assert second.handle == first.handle
     assert queue_status(address, task) == (1, 0, 0)
@@ -373,7 +282,7 @@ def test_queue_full(make_client, private_gearmand):
 
 
 def test_unreachable_server_fast(make_client):
-    port = closed_port()
+    port = pick_free_port()
     client = make_client([ServerAddress("127.0.0.1", port)], connect_timeout=5.0)
 
     started = time.monotonic()
@@ -386,7 +295,7 @@ def test_unreachable_server_fast(make_client):
 
 
 def test_all_servers_unreachable_named(make_client):
-    dead = [ServerAddress("127.0.0.1", closed_port()) for _ in range(2)]
+    dead = [ServerAddress("127.0.0.1", pick_free_port()) for _ in range(2)]
     client = make_client(dead)
 
     with pytest.raises(ServerUnavailable) as info:
@@ -397,7 +306,7 @@ def test_all_servers_unreachable_named(make_client):
 
 
 def test_failover_dead_then_live(make_client, address):
-    dead = ServerAddress("127.0.0.1", closed_port())
+    dead = ServerAddress("127.0.0.1", pick_free_port())
     client = make_client([dead, address])
     task = new_task("failover")
     # A caller-chosen unique key picks the first server by its CRC-32, so this key makes
@@ -445,18 +354,18 @@ def test_reconnect_after_restart_foreground(make_client, private_gearmand, start
     assert result.result == b"after"
 
 
-def test_echo(client):
-    round_trip = client.echo()
+def test_echo(gearman_client):
+    round_trip = gearman_client.echo()
 
     assert isinstance(round_trip, float)
     assert 0 < round_trip < 1.0
 
 
-def test_echo_binary_payload(client):
-    assert client.echo(b"\x00binary\xff\x00") > 0
+def test_echo_binary_payload(gearman_client):
+    assert gearman_client.echo(b"\x00binary\xff\x00") > 0
 
 
-def test_work_status_data_warning(client, address, start_worker):
+def test_work_status_data_warning(gearman_client, address, start_worker):
     task = new_task("progress")
 
     def handler(job):
@@ -467,7 +376,7 @@ def test_work_status_data_warning(client, address, start_worker):
 
     start_worker([address], {task: handler})
 
-    result = client.submit_job(task, b"", background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, b"", background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == b"done"
     assert result.status == (1, 2)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
-import time
 import uuid
 
 import pytest
@@ -18,8 +16,8 @@ from gearman_pool.client import GearmanClient
 from gearman_pool.info_tables import render_reports, reports_to_json
 from gearman_pool.server_info import ServerReport, TaskStatus, WorkerInfo, collect_report
 from gearman_pool.worker import GearmanWorker
+from tests.helpers import closed_port_address, table_rows, wait_until
 
-STANDARD_GEARMAN_PORT = 4730
 WAIT_TIMEOUT = 10.0
 
 HEALTHY = ServerReport(
@@ -36,25 +34,6 @@ DOWN = ServerReport(
     address=ServerAddress("127.0.0.1", 40002),
     error="cannot connect to Gearman server 127.0.0.1:40002: connection refused",
 )
-
-
-def closed_port_address() -> str:
-    """Return a loopback "host:port" on which nothing listens: a port bound and released."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != STANDARD_GEARMAN_PORT:
-            return f"127.0.0.1:{port}"
-
-
-def table_rows(text: str) -> list[list[str]]:
-    """Return the cells of every data and header row of prettytable output."""
-    return [
-        [cell.strip() for cell in line.strip("|").split("|")]
-        for line in text.splitlines()
-        if line.startswith("|")
-    ]
 
 
 def run_server_info(*args: str) -> str:
@@ -221,10 +200,11 @@ def test_command_lists_two_task_worker_once(gearmand_address):
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + WAIT_TIMEOUT
-        while not collect_report(address, task_filter=first).workers:
-            assert time.monotonic() < deadline, "the worker did not register"
-            time.sleep(0.02)
+        wait_until(
+            lambda: collect_report(address, task_filter=first).workers,
+            timeout=WAIT_TIMEOUT,
+            message="the worker to register",
+        )
         rows = table_rows(run_server_info(first, "--server", gearmand_address))
     finally:
         worker.request_stop()
@@ -240,7 +220,7 @@ def test_command_lists_two_task_worker_once(gearmand_address):
 
 
 def test_command_down_and_live_server(gearmand_address):
-    down = closed_port_address()
+    down = str(closed_port_address())
 
     output, error = run_failing_server_info(
         "--server", down, "--server", gearmand_address, "--timeout", "2"
@@ -260,7 +240,7 @@ def test_command_down_and_live_server(gearmand_address):
 
 
 def test_command_json_printed_before_error(gearmand_address):
-    down = closed_port_address()
+    down = str(closed_port_address())
 
     output, error = run_failing_server_info(
         "--json", "--server", gearmand_address, "--server", down
@@ -283,7 +263,9 @@ def test_command_invalid_server(value):
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf"])
 def test_command_invalid_timeout(value):
-    output, error = run_failing_server_info("--server", closed_port_address(), "--timeout", value)
+    down = str(closed_port_address())
+
+    output, error = run_failing_server_info("--server", down, "--timeout", value)
 
     assert "--timeout" in str(error)
     assert value in str(error)
@@ -291,7 +273,7 @@ def test_command_invalid_timeout(value):
 
 
 def test_manage_py_down_server_exits_nonzero(run_manage):
-    down = closed_port_address()
+    down = str(closed_port_address())
 
     result = run_manage("gearman_server_info", env={"GEARMAN_TEST_SERVER": down})
 

@@ -10,25 +10,15 @@ import time
 import psutil
 import pytest
 
-from gearman_pool.address import ServerAddress
-from gearman_pool.client import GearmanClient
-from tests.helpers import gearmand_status, running_count, wait_until, worker_count
-
-
-def start_pool(spawn_manage, server, *args):
-    return spawn_manage("gearman_pool", *args, env={"GEARMAN_TEST_SERVER": server.address})
-
-
-def child_pids(process) -> set[int]:
-    try:
-        return {child.pid for child in psutil.Process(process.pid).children()}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def submit(server, task: str, data: bytes = b"", background: bool = True, timeout: float | None = 30):
-    with GearmanClient([ServerAddress.parse(server.address)]) as client:
-        return client.submit_job(task.encode(), data, background=background, timeout=timeout)
+from tests.helpers import (
+    child_pids,
+    gearmand_status,
+    running_count,
+    start_pool,
+    submit,
+    wait_until,
+    worker_count,
+)
 
 
 def test_pool_registers_configured_counts(spawn_manage, private_gearmand):

@@ -15,7 +15,7 @@ from gearman_pool.address import ServerAddress
 from gearman_pool.client import GearmanClient
 from gearman_pool.errors import GearmanError
 from tests.conftest import REPO_ROOT
-from tests.helpers import wait_until, worker_count
+from tests.helpers import child_pids, submit, wait_until, worker_count
 
 WORKER_TEMPLATE = '''
 from gearman_pool import GearmanWorkerBaseCommand
@@ -61,12 +61,7 @@ def start_hot_pool(spawn_manage, server, tmp_path, *args):
 
 
 def run_hot(server) -> bytes:
-    with GearmanClient([ServerAddress.parse(server.address)]) as client:
-        return client.submit_job(b"hot", b"", background=False, timeout=10).result
-
-
-def child_pids(process) -> set[int]:
-    return {child.pid for child in psutil.Process(process.pid).children()}
+    return submit(server, "hot", background=False, timeout=10).result
 
 
 class JobStream(threading.Thread):

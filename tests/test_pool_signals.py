@@ -8,28 +8,8 @@ import subprocess
 import threading
 import time
 
-import psutil
-
-from gearman_pool.address import ServerAddress
-from gearman_pool.client import GearmanClient
 from tests.conftest import REPO_ROOT, kill_process_tree, manage_command, manage_env
-from tests.helpers import running_count, wait_until, worker_count
-
-
-def start_pool(spawn_manage, server, *args):
-    return spawn_manage("gearman_pool", *args, env={"GEARMAN_TEST_SERVER": server.address})
-
-
-def child_pids(process) -> set[int]:
-    try:
-        return {child.pid for child in psutil.Process(process.pid).children()}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def submit(server, task: str, data: bytes = b"", background: bool = True, timeout: float | None = 30):
-    with GearmanClient([ServerAddress.parse(server.address)]) as client:
-        return client.submit_job(task.encode(), data, background=background, timeout=timeout)
+from tests.helpers import child_pids, running_count, start_pool, submit, wait_until, worker_count
 
 
 def foreground_in_thread(server, task: str, data: bytes, outcome: dict) -> threading.Thread:

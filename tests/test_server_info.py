@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 import pytest
@@ -29,8 +28,8 @@ from gearman_pool.server_info import (
     collect_reports,
 )
 from gearman_pool.worker import GearmanWorker
+from tests.helpers import closed_port_address, unique_task, wait_until
 
-STANDARD_GEARMAN_PORT = 4730
 # Short, so that the timeout tests run fast, but long enough for a loaded CI machine to
 # send a canned reply in time.
 SHORT_TIMEOUT = 0.5
@@ -140,28 +139,6 @@ def close_after(data: bytes) -> ReplyAction:
         connection.shutdown(socket.SHUT_RDWR)
 
     return send
-
-
-def closed_port_address() -> ServerAddress:
-    """Return a loopback address on which nothing listens: a port that was bound and released."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != STANDARD_GEARMAN_PORT:
-            return ServerAddress("127.0.0.1", port)
-
-
-def unique_task(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout:g} s")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -606,7 +583,7 @@ def test_worker_with_two_tasks_listed_once(gearmand_address, running_worker):
         report = collect_report(address, task_filter=first)
         return bool(report.workers)
 
-    wait_for(registered)
+    wait_until(registered, message="the worker to register")
     report = collect_report(address, task_filter=first)
     by_second_task = collect_report(address, task_filter=second)
     every_task = collect_report(address)
@@ -629,13 +606,19 @@ def test_stopped_worker_leaves_table(gearmand_address):
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: bool(collect_report(address, task_filter=task).workers))
+        wait_until(
+            lambda: bool(collect_report(address, task_filter=task).workers),
+            message="the worker to register",
+        )
     finally:
         worker.request_stop()
         thread.join(WAIT_TIMEOUT)
         worker.close()
 
-    wait_for(lambda: not collect_report(address, task_filter=task).workers)
+    wait_until(
+        lambda: not collect_report(address, task_filter=task).workers,
+        message="the stopped worker to leave the report",
+    )
 
 
 def test_maxqueue_limits_known_task(private_gearmand):

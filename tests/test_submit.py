@@ -6,10 +6,7 @@ reach another test's worker.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-import uuid
 
 import pytest
 from django.db import transaction
@@ -17,78 +14,18 @@ from django.test import override_settings
 
 import gearman_pool
 from gearman_pool.address import ServerAddress
-from gearman_pool.connection import AdminConnection
 from gearman_pool.errors import JobFailed, JobTimeout
-from gearman_pool.jobs import build_worker
+from tests.helpers import (
+    EchoCommand,
+    gearmand_status,
+    queued_jobs,
+    unique_task,
+    wait_until,
+    worker_count,
+    worker_thread,
+)
 
-WAIT_TIMEOUT = 10.0
-POLL_INTERVAL = 0.02
 JOB_TIMEOUT = 10.0
-
-
-def read_status(address: str) -> dict[str, tuple[int, int, int]]:
-    """Return gearmand's `status` as {task: (total jobs, running jobs, available workers)}."""
-    table = {}
-    with AdminConnection(ServerAddress.parse(address)) as connection:
-        connection.send_line(b"status")
-        while (line := connection.read_line()) != b".":
-            task, total, running, workers = line.split(b"\t")
-            table[task.decode("utf-8")] = (int(total), int(running), int(workers))
-    return table
-
-
-def wait_until(condition, description: str, timeout: float = WAIT_TIMEOUT):
-    """Poll `condition` until it returns a true value, and return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting until {description}")
-        time.sleep(POLL_INTERVAL)
-
-
-def queued_jobs(address: str, task: str) -> int:
-    return read_status(address).get(task, (0, 0, 0))[0]
-
-
-def available_workers(address: str, task: str) -> int:
-    return read_status(address).get(task, (0, 0, 0))[2]
-
-
-def unique_task(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-class EchoCommand:
-    """Worker command with a test-chosen task name that returns the payload and raises on "raise"."""
-
-    def __init__(self, task_name: str, job_data_encoding: str | None = "utf-8"):
-        self.task_name = task_name
-        self.job_data_encoding = job_data_encoding
-        self.received = []
-
-    def do_job(self, job_data):
-        self.received.append(job_data)
-        if job_data == "raise":
-            raise ValueError("asked to raise")
-        return job_data
-
-
-@contextlib.contextmanager
-def worker_thread(*commands):
-    """Serve the commands' tasks with build_worker in a thread until the block ends."""
-    worker = build_worker(commands)
-    thread = threading.Thread(target=worker.work, name="gearman-test-worker", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.request_stop()
-        thread.join(WAIT_TIMEOUT)
-        assert not thread.is_alive(), "the worker thread did not stop"
-        worker.close()
 
 
 def test_background_submit_returns_handle(gearmand_address):
@@ -109,7 +46,7 @@ def test_background_payload_reaches_worker_as_json(gearmand_address):
 
     gearman_pool.submit_job(task, {"a": "ž"})
     with worker_thread(command):
-        wait_until(lambda: command.received, "the worker received the job")
+        wait_until(lambda: command.received, message="the worker to receive the job")
 
     assert command.received == ['{"a": "ž"}'.encode()]
 
@@ -167,16 +104,16 @@ def test_namespace_applies_to_worker_and_submit(gearmand_address):
         with worker_thread(EchoCommand(task)) as worker:
             assert list(worker.handlers) == [namespaced_task.encode()]
             wait_until(
-                lambda: available_workers(gearmand_address, namespaced_task) == 1,
-                f"gearmand lists a worker for {namespaced_task!r}",
+                lambda: worker_count(gearmand_address, namespaced_task) == 1,
+                message=f"gearmand to list a worker for {namespaced_task!r}",
             )
-            status = read_status(gearmand_address)
+            status = gearmand_status(gearmand_address)
             assert task not in status
 
             job = gearman_pool.submit_job(task, "hello", background=False, timeout=JOB_TIMEOUT)
 
     assert job.result == b"hello"
-    assert task not in read_status(gearmand_address)
+    assert task not in gearmand_status(gearmand_address)
 
 
 def test_namespace_applies_to_background_submit(gearmand_address):
@@ -186,7 +123,7 @@ def test_namespace_applies_to_background_submit(gearmand_address):
     with override_settings(GEARMAN_CLIENT_NAMESPACE=namespace):
         gearman_pool.submit_job(task, "queued")
 
-    status = read_status(gearmand_address)
+    status = gearmand_status(gearmand_address)
     assert status[f"{task}@{namespace}"][0] == 1
     assert task not in status
 
@@ -248,6 +185,6 @@ def test_on_commit_payload_is_encoded_at_call(gearmand_address):
         payload["items"].append("changed after the call")
 
     with worker_thread(command):
-        wait_until(lambda: command.received, "the worker received the job")
+        wait_until(lambda: command.received, message="the worker to receive the job")
 
     assert command.received == [b'{"items": ["first"]}']

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,19 +19,17 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from tests.conftest import REPO_ROOT, manage_env
-from tests.gearmand import STANDARD_GEARMAN_PORT
-from tests.test_submit import (
+from tests.gearmand import pick_free_port
+from tests.helpers import (
     EchoCommand,
-    available_workers,
+    assert_one_line_error,
     queued_jobs,
+    start_worker_command,
     unique_task,
-    wait_until,
     worker_thread,
 )
 
 JOB_TIMEOUT = 30.0
-# Seconds a worker command child process may take to start and register its task.
-WORKER_START_TIMEOUT = 30.0
 # Upper bound in seconds for a failing submit from start to exit, Django's start-up included.
 FAILURE_EXIT_TIMEOUT = 10.0
 
@@ -53,48 +50,17 @@ def run_django(address: str, command: str, *args: str, input: bytes = b"", timeo
     )
 
 
-def start_worker(spawn_manage, address: str, command: str, task: str, *args: str):
-    """Start a worker command child process and wait until gearmand lists its worker."""
-    process = spawn_manage(command, *args, env={"GEARMAN_TEST_SERVER": address})
-
-    def registered():
-        if process.poll() is not None:
-            raise AssertionError(f"{command} exited with {process.returncode}:\n{process.read_stderr()}")
-        return available_workers(address, task) >= 1
-
-    wait_until(registered, f"gearmand lists a worker for {task!r}", timeout=WORKER_START_TIMEOUT)
-    return process
-
-
-def closed_port() -> int:
-    """Return a port on 127.0.0.1 that nothing listened on when checked (never 4730)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != STANDARD_GEARMAN_PORT:
-            return port
-
-
-def assert_one_line_error(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("CommandError: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
 @pytest.fixture
 def echo_worker(private_gearmand, spawn_manage):
     """The address of a private gearmand with a gearman_worker_echo child process."""
-    start_worker(spawn_manage, private_gearmand.address, "gearman_worker_echo", "echo")
+    start_worker_command(spawn_manage, private_gearmand.address, "gearman_worker_echo", "echo")
     return private_gearmand.address
 
 
 @pytest.fixture
 def raw_worker(private_gearmand, spawn_manage):
     """The address of a private gearmand with a gearman_worker_raw child process."""
-    start_worker(spawn_manage, private_gearmand.address, "gearman_worker_raw", "raw")
+    start_worker_command(spawn_manage, private_gearmand.address, "gearman_worker_raw", "raw")
     return private_gearmand.address
 
 
@@ -212,7 +178,7 @@ def test_worker_survives_failed_job(echo_worker):
 
 @pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
 def test_unreachable_server(run_manage, foreground):
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{pick_free_port()}"
     args = ["--foreground"] if foreground else []
     started = time.monotonic()
 

@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import threading
@@ -22,13 +21,13 @@ import pytest
 
 from gearman_pool.address import ServerAddress
 from gearman_pool.client import GearmanClient
-from gearman_pool.connection import AdminConnection
 from gearman_pool.errors import JobFailed
 from gearman_pool.worker import GearmanWorker
+from tests.gearmand import pick_free_port
+from tests.helpers import admin_command, echo_handler, queue_status, wait_until
 
 JOB_TIMEOUT = 20.0
 JOIN_TIMEOUT = 10.0
-POLL_INTERVAL = 0.02
 REGISTER_TIMEOUT = 10.0
 DESCRIPTOR_COUNT = 1100
 
@@ -39,31 +38,6 @@ def new_task(label: str) -> bytes:
 
 def new_client_id(label: str) -> str:
     return f"test-worker-{label}-{uuid.uuid4().hex[:12]}"
-
-
-def echo_handler(job):
-    return job.data
-
-
-def admin_command(address: ServerAddress, command: bytes) -> list[bytes]:
-    """Send an admin command and return its reply lines up to the closing "."."""
-    with AdminConnection(address, io_timeout=5.0) as admin:
-        admin.send_line(command)
-        lines = []
-        while True:
-            line = admin.read_line()
-            if line == b".":
-                return lines
-            lines.append(line)
-
-
-def queue_status(address: ServerAddress, task: bytes) -> tuple[int, int, int] | None:
-    """Return (queued, running, available workers) of ``task`` from the admin `status`."""
-    for line in admin_command(address, b"status"):
-        fields = line.split(b"\t")
-        if fields[0] == task:
-            return int(fields[1]), int(fields[2]), int(fields[3])
-    return None
 
 
 def is_registered(address: ServerAddress, client_id: str, task: bytes) -> bool:
@@ -83,35 +57,20 @@ def is_registered(address: ServerAddress, client_id: str, task: bytes) -> bool:
     return False
 
 
-def wait_for(condition, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting until {message}")
-        time.sleep(POLL_INTERVAL)
-
-
 def wait_registered(address: ServerAddress, client_id: str, task: bytes, timeout=REGISTER_TIMEOUT):
-    wait_for(
+    wait_until(
         lambda: is_registered(address, client_id, task),
-        timeout,
-        f"worker {client_id} registers {task!r} at {address}",
+        timeout=timeout,
+        message=f"worker {client_id} to register {task!r} at {address}",
     )
 
 
 def wait_sleeping(worker: GearmanWorker, timeout=REGISTER_TIMEOUT):
-    wait_for(
+    wait_until(
         lambda: all(state.registered and state.sleeping for state in worker._servers),
-        timeout,
-        "the worker sleeps on every server",
+        timeout=timeout,
+        message="the worker to sleep on every server",
     )
-
-
-def closed_port() -> int:
-    """Return a loopback port that was just bound and released, so nothing listens on it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def timed_submit(client: GearmanClient, task: bytes, data: bytes) -> tuple[bytes, float]:
@@ -119,65 +78,6 @@ def timed_submit(client: GearmanClient, task: bytes, data: bytes) -> tuple[bytes
     started = time.monotonic()
     result = client.submit_job(task, data, background=False, timeout=JOB_TIMEOUT)
     return result.result, time.monotonic() - started
-
-
-class WorkerThread(threading.Thread):
-    """Runs ``worker.work(max_jobs)`` and keeps its return value."""
-
-    def __init__(self, worker: GearmanWorker, max_jobs: int | None = None):
-        super().__init__(daemon=True)
-        self.worker = worker
-        self.max_jobs = max_jobs
-        self.jobs_done: int | None = None
-
-    def run(self):
-        self.jobs_done = self.worker.work(max_jobs=self.max_jobs)
-
-
-@pytest.fixture
-def address(gearmand_address) -> ServerAddress:
-    return ServerAddress.parse(gearmand_address)
-
-
-@pytest.fixture
-def make_client():
-    clients = []
-
-    def make(servers, **kwargs) -> GearmanClient:
-        client = GearmanClient(servers, **kwargs)
-        clients.append(client)
-        return client
-
-    yield make
-
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def client(make_client, address) -> GearmanClient:
-    return make_client([address])
-
-
-@pytest.fixture
-def start_worker():
-    """Start GearmanWorker threads; each is stopped, joined and closed after the test."""
-    threads: list[WorkerThread] = []
-
-    def start(servers, handlers, max_jobs=None, **kwargs) -> WorkerThread:
-        thread = WorkerThread(GearmanWorker(servers, handlers, **kwargs), max_jobs)
-        thread.start()
-        threads.append(thread)
-        return thread
-
-    yield start
-
-    for thread in threads:
-        thread.worker.request_stop()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "worker thread did not stop"
-        thread.worker.close()
 
 
 def test_request_stop_idle_within_half_second(address, start_worker):
@@ -199,7 +99,7 @@ def test_request_stop_idle_within_half_second(address, start_worker):
     assert thread.worker.stop_requested
 
 
-def test_request_stop_during_job(address, client, start_worker):
+def test_request_stop_during_job(address, gearman_client, start_worker):
     task = new_task("stop-busy")
     job_started = threading.Event()
     finish_job = threading.Event()
@@ -213,7 +113,7 @@ def test_request_stop_during_job(address, client, start_worker):
     results = []
 
     def submit():
-        results.append(client.submit_job(task, b"x", background=False, timeout=JOB_TIMEOUT))
+        results.append(gearman_client.submit_job(task, b"x", background=False, timeout=JOB_TIMEOUT))
 
     submitter = threading.Thread(target=submit, daemon=True)
     submitter.start()
@@ -230,10 +130,10 @@ def test_request_stop_during_job(address, client, start_worker):
     assert thread.jobs_done == 1
 
 
-def test_work_max_jobs_one(address, client, start_worker):
+def test_work_max_jobs_one(address, gearman_client, start_worker):
     task = new_task("max-jobs")
-    client.submit_job(task, b"first")
-    client.submit_job(task, b"second")
+    gearman_client.submit_job(task, b"first")
+    gearman_client.submit_job(task, b"second")
     received = []
 
     def record(job):
@@ -254,20 +154,22 @@ def test_work_max_jobs_one(address, client, start_worker):
     assert received == [b"first", b"second"]
 
 
-def test_jobs_done_counts(address, client, start_worker):
+def test_jobs_done_counts(address, gearman_client, start_worker):
     task = new_task("count")
     thread = start_worker([address], {task: echo_handler})
 
     for index in range(5):
-        client.submit_job(task, str(index).encode(), background=False, timeout=JOB_TIMEOUT)
+        gearman_client.submit_job(task, str(index).encode(), background=False, timeout=JOB_TIMEOUT)
 
     # The worker counts a job after it sends the result, so the count can lag the client.
-    wait_for(lambda: thread.worker.jobs_done == 5, JOIN_TIMEOUT, "jobs_done reaches 5")
+    wait_until(
+        lambda: thread.worker.jobs_done == 5, timeout=JOIN_TIMEOUT, message="jobs_done to reach 5"
+    )
     assert thread.worker.jobs_done == 5
 
 
 @pytest.mark.slow
-def test_idle_worker_wakes_on_noop(address, client, start_worker):
+def test_idle_worker_wakes_on_noop(address, gearman_client, start_worker):
     task = new_task("noop")
     client_id = new_client_id("noop")
     thread = start_worker([address], {task: echo_handler}, client_id=client_id)
@@ -276,7 +178,7 @@ def test_idle_worker_wakes_on_noop(address, client, start_worker):
 
     time.sleep(90)
     assert thread.is_alive()
-    result, elapsed = timed_submit(client, task, b"after 90 s")
+    result, elapsed = timed_submit(gearman_client, task, b"after 90 s")
 
     assert result == b"after 90 s"
     assert elapsed < 1.0
@@ -335,20 +237,20 @@ def test_two_servers_one_down(make_client, gearmand_factory, start_worker):
     assert elapsed < 3.0
 
 
-def test_dead_server_does_not_block_live(address, client, start_worker):
+def test_dead_server_does_not_block_live(address, gearman_client, start_worker):
     task = new_task("dead-and-live")
-    dead = ServerAddress("127.0.0.1", closed_port())
+    dead = ServerAddress("127.0.0.1", pick_free_port())
     start_worker([dead, address], {task: echo_handler})
 
     for index in range(3):
-        result, elapsed = timed_submit(client, task, str(index).encode())
+        result, elapsed = timed_submit(gearman_client, task, str(index).encode())
 
         assert result == str(index).encode()
         assert elapsed < 2.0
 
 
 @pytest.mark.parametrize("value", [42, "text", {"key": "value"}], ids=["int", "str", "dict"])
-def test_non_bytes_result_fails_job(address, client, start_worker, value):
+def test_non_bytes_result_fails_job(address, gearman_client, start_worker, value):
     task = new_task("non-bytes")
 
     def handler(job):
@@ -359,30 +261,30 @@ def test_non_bytes_result_fails_job(address, client, start_worker, value):
     start_worker([address], {task: handler})
 
     with pytest.raises(JobFailed) as info:
-        client.submit_job(task, b"bad", background=False, timeout=JOB_TIMEOUT)
+        gearman_client.submit_job(task, b"bad", background=False, timeout=JOB_TIMEOUT)
 
     assert "TypeError" in info.value.message
     assert type(value).__name__ in info.value.message
 
-    result = client.submit_job(task, b"good", background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, b"good", background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == b"ok"
 
 
-def test_none_result_is_empty(address, client, start_worker):
+def test_none_result_is_empty(address, gearman_client, start_worker):
     task = new_task("none")
     start_worker([address], {task: lambda job: None})
 
-    result = client.submit_job(task, b"data", background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, b"data", background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == b""
 
 
-def test_bytearray_result(address, client, start_worker):
+def test_bytearray_result(address, gearman_client, start_worker):
     task = new_task("bytearray")
     start_worker([address], {task: lambda job: bytearray(job.data)})
 
-    result = client.submit_job(task, b"\x00data\x00", background=False, timeout=JOB_TIMEOUT)
+    result = gearman_client.submit_job(task, b"\x00data\x00", background=False, timeout=JOB_TIMEOUT)
 
     assert result.result == b"\x00data\x00"
 
@@ -413,7 +315,7 @@ def test_keep_running_false_stops_within_tick(address, start_worker):
     assert thread.worker.stop_requested
 
 
-def test_keep_running_checked_between_jobs(address, client, start_worker):
+def test_keep_running_checked_between_jobs(address, gearman_client, start_worker):
     task = new_task("keep-running-jobs")
     calls_left = [3]
 
@@ -426,7 +328,7 @@ def test_keep_running_checked_between_jobs(address, client, start_worker):
 
     thread = start_worker([address], {task: handler}, keep_running=keep_running)
     for index in range(3):
-        client.submit_job(task, str(index).encode(), background=False, timeout=JOB_TIMEOUT)
+        gearman_client.submit_job(task, str(index).encode(), background=False, timeout=JOB_TIMEOUT)
     thread.join(JOIN_TIMEOUT)
 
     assert not thread.is_alive()

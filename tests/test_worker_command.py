@@ -16,8 +16,15 @@ import pytest
 import gearman_pool
 from gearman_pool.address import ServerAddress
 from gearman_pool.errors import JobFailed
-from tests.test_submit import available_workers, read_status, wait_until
-from tests.test_submit_command import WORKER_START_TIMEOUT, assert_one_line_error, start_worker
+from tests.helpers import (
+    WORKER_START_TIMEOUT,
+    assert_one_line_error,
+    gearmand_status,
+    running_count,
+    start_worker_command,
+    wait_until,
+    worker_count,
+)
 from tests.testapp.models import JobRecord
 
 JOB_TIMEOUT = 30.0
@@ -44,7 +51,7 @@ def run_foreground(address: str, task: str, data) -> bytes:
 
 
 def test_echo_worker_serves_jobs(spawn_manage, address):
-    start_worker(spawn_manage, address, "gearman_worker_echo", "echo")
+    start_worker_command(spawn_manage, address, "gearman_worker_echo", "echo")
 
     results = [run_foreground(address, "echo", f"job {number}") for number in range(3)]
 
@@ -52,7 +59,7 @@ def test_echo_worker_serves_jobs(spawn_manage, address):
 
 
 def test_failed_job_then_good_job(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_echo", "echo")
+    process = start_worker_command(spawn_manage, address, "gearman_worker_echo", "echo")
 
     with pytest.raises(JobFailed) as excinfo:
         run_foreground(address, "echo", "raise")
@@ -70,7 +77,7 @@ def test_failed_job_then_good_job(spawn_manage, address):
 
 
 def test_sigterm_while_idle(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_echo", "echo")
+    process = start_worker_command(spawn_manage, address, "gearman_worker_echo", "echo")
 
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -86,7 +93,7 @@ def test_sigterm_while_idle(spawn_manage, address):
 
 
 def test_sigterm_during_job_finishes_it(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_sleep", "sleep")
+    process = start_worker_command(spawn_manage, address, "gearman_worker_sleep", "sleep")
     outcome = {}
 
     def client():
@@ -97,7 +104,7 @@ def test_sigterm_during_job_finishes_it(spawn_manage, address):
 
     client_thread = threading.Thread(target=client, daemon=True)
     client_thread.start()
-    wait_until(lambda: read_status(address).get("sleep", (0, 0, 0))[1] == 1, "the sleep job runs")
+    wait_until(lambda: running_count(address, "sleep") == 1, message="the sleep job to run")
     process.send_signal(signal.SIGTERM)
     client_thread.join(JOB_TIMEOUT)
 
@@ -108,9 +115,9 @@ def test_sigterm_during_job_finishes_it(spawn_manage, address):
 
 
 def test_second_signal_abandons_job(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_sleep", "sleep")
+    process = start_worker_command(spawn_manage, address, "gearman_worker_sleep", "sleep")
     submit(address, "sleep", "60")
-    wait_until(lambda: read_status(address).get("sleep", (0, 0, 0))[1] == 1, "the sleep job runs")
+    wait_until(lambda: running_count(address, "sleep") == 1, message="the sleep job to run")
 
     # The first SIGTERM only requests a stop. Signals are repeated until the process exits,
     # because two signals sent at once can reach the handler as one. The wait between them
@@ -124,7 +131,7 @@ def test_second_signal_abandons_job(spawn_manage, address):
             return False
         return True
 
-    wait_until(exited_after_signal, "the worker exits", timeout=3 * SIGNAL_INTERVAL)
+    wait_until(exited_after_signal, timeout=3 * SIGNAL_INTERVAL, message="the worker to exit")
 
     assert process.returncode == 130
     stderr = process.read_stderr()
@@ -133,11 +140,16 @@ def test_second_signal_abandons_job(spawn_manage, address):
     assert "interrupted by a second signal" in last_line
     assert TRACEBACK_HEADER not in stderr
     # gearmand puts the abandoned job back in the queue for the next worker.
-    wait_until(lambda: read_status(address).get("sleep") == (1, 0, 0), "gearmand requeues the job")
+    wait_until(
+        lambda: gearmand_status(address).get("sleep") == (1, 0, 0),
+        message="gearmand to requeue the job",
+    )
 
 
 def test_exit_after_job(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_echo", "echo", "--exit-after-job")
+    process = start_worker_command(
+        spawn_manage, address, "gearman_worker_echo", "echo", "--exit-after-job"
+    )
 
     result = run_foreground(address, "echo", "only one")
 
@@ -147,22 +159,24 @@ def test_exit_after_job(spawn_manage, address):
 
 
 def test_exit_after_job_leaves_next_job_queued(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_echo", "echo", "--exit-after-job")
+    process = start_worker_command(
+        spawn_manage, address, "gearman_worker_echo", "echo", "--exit-after-job"
+    )
     submit(address, "echo", "first")
     submit(address, "echo", "second")
 
     assert process.wait(timeout=EXIT_TIMEOUT) == 0, process.read_stderr()
-    assert read_status(address)["echo"] == (1, 0, 0)
+    assert gearmand_status(address)["echo"] == (1, 0, 0)
 
 
 def test_legacy_worker(spawn_manage, address):
-    start_worker(spawn_manage, address, "gearman_worker_legacy", "legacy")
+    start_worker_command(spawn_manage, address, "gearman_worker_legacy", "legacy")
 
     assert run_foreground(address, "legacy", "X") == b"legacy got X"
 
 
 def test_raw_worker_receives_bytes(spawn_manage, address):
-    start_worker(spawn_manage, address, "gearman_worker_raw", "raw")
+    start_worker_command(spawn_manage, address, "gearman_worker_raw", "raw")
     payload = b"\x00\xff\xfe not UTF-8"
 
     assert run_foreground(address, "raw", payload) == payload
@@ -171,7 +185,7 @@ def test_raw_worker_receives_bytes(spawn_manage, address):
 
 @pytest.mark.django_db(transaction=True)
 def test_record_worker_rows_visible(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_record", "record")
+    process = start_worker_command(spawn_manage, address, "gearman_worker_record", "record")
 
     replies = [json.loads(run_foreground(address, "record", f"row {number}")) for number in range(2)]
 
@@ -186,7 +200,7 @@ def test_record_worker_rows_visible(spawn_manage, address):
 @pytest.mark.django_db(transaction=True)
 def test_record_worker_sees_test_rows(spawn_manage, address):
     existing = JobRecord.objects.create(task="written by the test", payload="", pid=0)
-    start_worker(spawn_manage, address, "gearman_worker_record", "record")
+    start_worker_command(spawn_manage, address, "gearman_worker_record", "record")
 
     reply = json.loads(run_foreground(address, "record", "after"))
 
@@ -221,9 +235,9 @@ def test_invalid_servers_setting_without_checks(run_manage):
 
 
 def test_worker_unregisters_after_exit(spawn_manage, address):
-    process = start_worker(spawn_manage, address, "gearman_worker_echo", "echo")
+    process = start_worker_command(spawn_manage, address, "gearman_worker_echo", "echo")
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=EXIT_TIMEOUT) == 0
 
-    wait_until(lambda: available_workers(address, "echo") == 0, "gearmand drops the worker")
+    wait_until(lambda: worker_count(address, "echo") == 0, message="gearmand to drop the worker")
