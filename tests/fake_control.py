@@ -123,3 +123,93 @@ class FakeControlServer:
                 break
             data += chunk
         return data
+
+
+# A pool in the middle of a reload: data_import has three current children and one child
+# of the previous generation that still finishes its job. send_invoices failed to start.
+STATUS_REPLY = {
+    "ok": True,
+    "master": {
+        "pid": 4100,
+        "started_at": 1733300000.0,
+        "uptime": 7260.0,
+        "stopping": False,
+        "reloading": True,
+        "servers": ["127.0.0.1:4730", "127.0.0.1:4731"],
+    },
+    "tasks": [
+        {
+            "task": "send_invoices",
+            "configured": 2,
+            "children": 0,
+            "busy": 0,
+            "failed": True,
+            "boot_failures": 5,
+            "restarts": 5,
+        },
+        {
+            "task": "data_import",
+            "configured": 3,
+            "children": 3,
+            "busy": 1,
+            "failed": False,
+            "boot_failures": 0,
+            "restarts": 2,
+        },
+    ],
+    "children": [
+        {
+            "task": "data_import",
+            "slot": 2,
+            "pid": 4112,
+            "generation": "current",
+            "state": "ready",
+            "job_handle": None,
+            "job_seconds": None,
+            "jobs_done": 9,
+            "memory_uss": None,
+            "age": 45.0,
+            "slot_restarts": 1,
+        },
+        {
+            "task": "data_import",
+            "slot": 1,
+            "pid": 3990,
+            "generation": "previous",
+            "state": "stopping",
+            "job_handle": "H:worker-host:9",
+            "job_seconds": 125.0,
+            "jobs_done": 31,
+            "memory_uss": 20971520,
+            "age": 7200.0,
+            "slot_restarts": 0,
+        },
+        {
+            "task": "data_import",
+            "slot": 3,
+            "pid": 4113,
+            "generation": "current",
+            "state": "starting",
+            "job_handle": None,
+            "job_seconds": None,
+            "jobs_done": 0,
+            "memory_uss": 1048576,
+            "age": 0.4,
+            "slot_restarts": 0,
+        },
+        {
+            "task": "data_import",
+            "slot": 1,
+            "pid": 4111,
+            "generation": "current",
+            "state": "busy",
+            "job_handle": "H:worker-host:12",
+            "job_seconds": 3.24,
+            "jobs_done": 17,
+            "memory_uss": 12345678,
+            "age": 80.1,
+            "slot_restarts": 0,
+        },
+    ],
+    "totals": {"children": 4, "busy": 1, "jobs_done": 57, "memory_uss": 34365774},
+}

@@ -17,7 +17,7 @@ from gearman_pool.client import GearmanClient
 from gearman_pool.errors import GearmanError
 from tests.conftest import REPO_ROOT
 from tests.gearmand import pick_free_port
-from tests.helpers import running_count, wait_until, worker_count
+from tests.helpers import child_pids, running_count, wait_until, worker_count
 
 
 def start_pool(spawn_manage, server, *args, control_socket=None):
@@ -25,13 +25,6 @@ def start_pool(spawn_manage, server, *args, control_socket=None):
     if control_socket is not None:
         env["GEARMAN_POOL_TEST_CONTROL_SOCKET"] = control_socket
     return spawn_manage("gearman_pool", *args, env=env)
-
-
-def child_pids(process) -> set[int]:
-    try:
-        return {child.pid for child in psutil.Process(process.pid).children()}
-    except psutil.NoSuchProcess:
-        return set()
 
 
 def run_job(address: str, task: str, data: bytes = b"", timeout: float = 30) -> bytes:

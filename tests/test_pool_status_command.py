@@ -23,7 +23,8 @@ from gearman_pool.management.commands.gearman_pool_scale import (
 )
 from tests.conftest import REPO_ROOT
 from tests.fake_control import FakeControlServer
-from tests.test_status_tables import STATUS_REPLY, table_rows
+from tests.fake_control import STATUS_REPLY
+from tests.helpers import table_rows
 
 # Upper bound in seconds for `python -m django` to start, fail and exit.
 SUBPROCESS_TIMEOUT = 60.0
