@@ -15,11 +15,27 @@ TEST_SQLITE_PATH
     SQLite database file. When it is not set, the first process that imports these settings
     picks a file in the system temp directory, named after its pid, and exports the path. The
     management commands that the tests start as child processes then open the same file.
+GEARMAN_POOL_TEST_CONTROL_SOCKET
+    The pool's control socket; tests/conftest.py gives every pool it starts its own.
 TEST_EXTRA_APPS
     Comma-separated app modules appended to INSTALLED_APPS, for apps a test writes to disk.
 TEST_DB_USE_TEST_NAME
     "1" makes the default connection use the test database that pytest-django created
     (TEST["NAME"]). The run_manage and spawn_manage fixtures set it for their child processes.
+
+The database tests in tests/test_pool_database.py start pools with these variables, which
+change only the "default" connection and are applied after TEST_DB_USE_TEST_NAME:
+
+TEST_DB_NAME
+    Database name (NAME) for "postgresql" or "mysql".
+TEST_CONN_MAX_AGE
+    CONN_MAX_AGE in seconds, or "none" for connections that persist without limit.
+TEST_CONN_HEALTH_CHECKS
+    "1" sets CONN_HEALTH_CHECKS = True, "0" sets it to False.
+TEST_DB_APPLICATION_NAME
+    PostgreSQL only: the application_name that the server shows in pg_stat_activity.
+TEST_DB_INIT_COMMAND
+    MySQL and MariaDB only: the init_command that runs on every new connection.
 """
 
 import os
@@ -43,6 +59,8 @@ INSTALLED_APPS = [
 INSTALLED_APPS += [app for app in os.environ.get("TEST_EXTRA_APPS", "").split(",") if app]
 
 UNREACHABLE_GEARMAN_SERVER = "127.0.0.1:1"
+# Set per spawned pool by tests/conftest.py; None selects the default path.
+GEARMAN_POOL_CONTROL_SOCKET = os.environ.get("GEARMAN_POOL_TEST_CONTROL_SOCKET")
 GEARMAN_SERVERS = [os.environ.get("GEARMAN_TEST_SERVER", UNREACHABLE_GEARMAN_SERVER)]
 
 TEST_DB = os.environ.get("TEST_DB", "sqlite")
@@ -97,6 +115,20 @@ else:
 
 if os.environ.get("TEST_DB_USE_TEST_NAME") == "1":
     DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]
+
+if "TEST_DB_NAME" in os.environ:
+    DATABASES["default"]["NAME"] = os.environ["TEST_DB_NAME"]
+if "TEST_CONN_MAX_AGE" in os.environ:
+    max_age = os.environ["TEST_CONN_MAX_AGE"]
+    DATABASES["default"]["CONN_MAX_AGE"] = None if max_age == "none" else int(max_age)
+if "TEST_CONN_HEALTH_CHECKS" in os.environ:
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = os.environ["TEST_CONN_HEALTH_CHECKS"] == "1"
+if "TEST_DB_APPLICATION_NAME" in os.environ:
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options["application_name"] = os.environ["TEST_DB_APPLICATION_NAME"]
+if "TEST_DB_INIT_COMMAND" in os.environ:
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options["init_command"] = os.environ["TEST_DB_INIT_COMMAND"]
 
 LOGGING = {
     "version": 1,
