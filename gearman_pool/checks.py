@@ -68,10 +68,10 @@ def _check_connect_timeout():
     timeout = getattr(settings, "GEARMAN_CONNECT_TIMEOUT", None)
     if timeout is None:
         return []
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout <= 3600:
         return [
             Error(
-                f"GEARMAN_CONNECT_TIMEOUT must be a positive number of seconds, got {timeout!r}.",
+                f"GEARMAN_CONNECT_TIMEOUT must be a positive number of seconds, at most 3600, got {timeout!r}.",
                 id="gearman_pool.E004",
             )
         ]

@@ -91,6 +91,8 @@ class GearmanClient:
         as the job runs. Raises JobFailed, JobTimeout, QueueFull, ServerError or
         ServerUnavailable (every server was tried).
         """
+        if timeout is not None and not 0 <= timeout < float("inf"):
+            raise ValueError(f"invalid timeout {timeout!r}: give a finite number of seconds, or None to wait as long as the job runs")
         if priority not in PRIORITIES:
             raise ValueError(f"invalid priority {priority!r}: use one of {', '.join(PRIORITIES)}")
         if not isinstance(task, bytes) or not task or b"\x00" in task:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -185,13 +186,32 @@ def test_create_disk_full(path, monkeypatch):
     assert os.listdir(path.parent) == []
 
 
-def test_create_unreadable_path(path):
+def test_create_directory_path(path):
     path.mkdir()
 
     with pytest.raises(PidfileError) as raised:
         Pidfile(str(path)).create(4321)
 
-    assert f"cannot read pid file {path}" in str(raised.value)
+    assert f"pid file {path} exists and is not a regular file" in str(raised.value)
+
+
+def test_create_fifo_path_does_not_block(path):
+    os.mkfifo(path)
+
+    with pytest.raises(PidfileError) as raised:
+        Pidfile(str(path)).create(4321)
+
+    assert "is not a regular file" in str(raised.value)
+
+
+def test_create_logs_stale_pid(path, caplog):
+    path.write_text("999999999\n")
+
+    with caplog.at_level(logging.INFO):
+        Pidfile(str(path)).create(4321)
+
+    assert "Replacing stale pid file" in caplog.text
+    assert path.read_text() == "4321\n"
 
 
 def test_remove_own_pid(path):

@@ -127,7 +127,7 @@ def test_pool_children_reconnect_after_gearmand_restart(spawn_manage, private_ge
     ("workers", "expected"),
     [
         ("nosuch=2", "unknown worker 'nosuch'"),
-        ("echo", "expected NAME=COUNT"),
+        ("echo", "entry 'echo' has no count; expected NAME=COUNT"),
         ("echo=two", "count 'two' for 'echo' is not an integer"),
         ("echo=0", "count 0 for 'echo' is below 1"),
         ("echo=-1", "count -1 for 'echo' is below 1"),

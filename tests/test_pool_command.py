@@ -46,7 +46,7 @@ def test_check_command_names():
 @pytest.mark.parametrize(
     ("workers", "expected"),
     [
-        ("echo", "invalid --workers entry 'echo'"),
+        ("echo", "entry 'echo' has no count; expected NAME=COUNT"),
         ("echo=2,", "--workers 'echo=2,' contains an empty entry"),
         ("", "--workers is empty"),
         ("nope=1", "unknown worker 'nope'"),

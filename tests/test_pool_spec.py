@@ -63,12 +63,30 @@ def test_parse_empty_entry(text):
 
 
 def test_parse_missing_equals():
+    assert parse_workers_option("echo=2,sleep") == [("echo", "2"), ("sleep", None)]
+
     with pytest.raises(PoolConfigurationError) as raised:
-        parse_workers_option("echo=2,sleep")
+        resolve_entries(parse_workers_option("nope=1,foo=x,echo"), DISCOVERED)
 
     message = str(raised.value)
-    assert "'sleep'" in message
-    assert "NAME=COUNT" in message
+    assert "unknown worker 'nope'" in message
+    assert "unknown worker 'foo'" in message
+    assert "entry 'echo' has no count; expected NAME=COUNT" in message
+
+
+@pytest.mark.parametrize("count", ["٢", "１", "1_0", "1.0", " "])
+def test_resolve_rejects_non_ascii_counts(count):
+    with pytest.raises(PoolConfigurationError) as raised:
+        resolve_entries([("echo", count)], DISCOVERED)
+
+    assert f"count {count!r} for 'echo' is not an integer" in str(raised.value)
+
+
+def test_resolve_rejects_huge_count():
+    with pytest.raises(PoolConfigurationError) as raised:
+        resolve_entries([("echo", "1000000000")], DISCOVERED)
+
+    assert "count 1000000000 for 'echo' is above the maximum of 1000" in str(raised.value)
 
 
 # ---- resolve_entries ------------------------------------------------------------------
@@ -95,7 +113,7 @@ def test_resolve_unknown_name():
     assert "unknown worker 'nope'" in str(raised.value)
 
 
-@pytest.mark.parametrize("count", ["x", "1.5", "", True, None])
+@pytest.mark.parametrize("count", ["x", "1.5", "", True, 2.0])
 def test_resolve_non_integer_count(count):
     with pytest.raises(PoolConfigurationError) as raised:
         resolve_entries([("echo", count)], DISCOVERED)

@@ -143,6 +143,7 @@ class PoolMaster:
         self.exit_code = EXIT_OK
         self.validation: Validation | None = None
         self.reload_requested = False
+        self._last_validation_error: str | None = None
         self._stop_deadline: float | None = None
         self._signals: list[int] = []
         self._wakeup_read = self._wakeup_write = -1
@@ -164,7 +165,8 @@ class PoolMaster:
             self.start_gearmand()
             set_process_title("master")
             logger.info(
-                "Pool master started (pid %s): tasks %s; servers %s",
+                "Pool master %s (pid %s): tasks %s; servers %s",
+                "re-executed with the new code" if self.reloading else "started",
                 self.pid,
                 ", ".join(f"{entry.task_name}={entry.count}" for entry in self.entries.values()),
                 ", ".join(str(address) for address in gearman_settings.servers),
@@ -349,6 +351,10 @@ class PoolMaster:
                 continue
             used_slots = {child.slot for child in self.current_children(entry.task_name)}
             for slot in range(1, self.counts[entry.task_name] + 1):
+                if self._signals:
+                    # A signal arrived: handle it in the next step before forking more,
+                    # so that a stop request is never stuck behind a long series of forks.
+                    return
                 if slot not in used_slots:
                     self.spawn_child(entry, slot)
 
@@ -447,6 +453,21 @@ class PoolMaster:
                 task,
                 self.policy.state(task).boot_failures,
             )
+            old_pids = sorted(
+                other.pid
+                for other in self.children.values()
+                if other.task_name == task and other.generation == PREVIOUS and not other.term_sent
+            )
+            if old_pids:
+                logger.error(
+                    "Reload incomplete: the new code of task %r fails at start; %d children of the previous "
+                    "code keep serving (pids %s) but are not replaced when they exit; fix the code and send "
+                    "SIGHUP again (pid %s)",
+                    task,
+                    len(old_pids),
+                    ", ".join(map(str, old_pids)),
+                    self.pid,
+                )
         elif delay > 0:
             logger.log(level, "Child %s of task %r %s; restarting in %.1f s", child.pid, task, description, delay)
         else:
@@ -476,7 +497,7 @@ class PoolMaster:
                 self.pid,
             )
             return
-        if self.validation is not None or self.reloading:
+        if self.validation is not None or (self.reloading and not self.reload_stalled):
             if not self.reload_requested:
                 logger.info("Received SIGHUP during a reload; one more reload follows it (pid %s)", self.pid)
             self.reload_requested = True
@@ -486,6 +507,17 @@ class PoolMaster:
     @property
     def reloading(self) -> bool:
         return any(child.generation == PREVIOUS for child in self.children.values())
+
+    @property
+    def reload_stalled(self) -> bool:
+        """True when a task's new children failed to start while its old ones still serve.
+
+        Such a reload cannot finish by itself, so the next SIGHUP starts a new one at once.
+        """
+        return any(
+            child.generation == PREVIOUS and self.policy.is_failed(child.task_name)
+            for child in self.children.values()
+        )
 
     def start_validation(self) -> None:
         self.reload_requested = False
@@ -506,12 +538,22 @@ class PoolMaster:
         if self.stopping:
             return
         if not passed:
-            logger.error(
-                "Reload aborted: the new code failed its check (%s); the current children keep serving. "
-                "Output:\n%s",
-                describe_exit_status(status),
-                output,
-            )
+            if output == self._last_validation_error:
+                # A burst of SIGHUPs over the same broken code repeats the same error;
+                # print its full text once.
+                logger.error(
+                    "Reload aborted: the new code failed its check again with the same error; "
+                    "the current children keep serving (pid %s)",
+                    self.pid,
+                )
+            else:
+                logger.error(
+                    "Reload aborted: the new code failed its check (%s); the current children keep serving. "
+                    "Output:\n%s",
+                    describe_exit_status(status),
+                    output,
+                )
+            self._last_validation_error = output
             if self.reload_requested:
                 self.start_validation()
             return
@@ -569,9 +611,9 @@ class PoolMaster:
         task that is no longer configured loses its previous children at once.
         """
         previous = [child for child in self.children.values() if child.generation == PREVIOUS and not child.term_sent]
+        if self.reload_requested and self.validation is None and (not self.reloading or self.reload_stalled):
+            self.start_validation()
         if not previous:
-            if self.reload_requested and self.validation is None and not self.reloading:
-                self.start_validation()
             return
         for task_name in {child.task_name for child in previous}:
             old = sorted(
@@ -676,14 +718,14 @@ class PoolMaster:
 
     # ---- stopping ----------------------------------------------------------------
 
-    def begin_graceful_stop(self) -> None:
+    def begin_graceful_stop(self, announce: bool = True) -> None:
         self.stopping = True
         notify("STOPPING=1")
         self._stop_deadline = time.monotonic() + self.graceful_timeout
         if self.validation is not None:
             self.validation.kill()
             self.validation = None
-        if self.children:
+        if self.children and announce:
             logger.info(
                 "Waiting up to %g s for %d children to finish their jobs (pid %s)",
                 self.graceful_timeout,
@@ -733,7 +775,7 @@ class PoolMaster:
 
     def stop_now(self) -> None:
         if not self.stopping:
-            self.begin_graceful_stop()
+            self.begin_graceful_stop(announce=False)
         self._stop_deadline = time.monotonic()
         self.kill_after_deadline()
 
@@ -742,8 +784,15 @@ class PoolMaster:
             return
         remaining = [child for child in self.children.values() if not child.kill_sent]
         if remaining:
-            logger.warning("Killing %d children still running (pid %s)", len(remaining), self.pid)
+            logger.warning("Killing the %d remaining children (pid %s)", len(remaining), self.pid)
         for child in remaining:
+            if child.job_handle is not None:
+                logger.warning(
+                    "Child %s of task %r is killed in the middle of job %s; gearmand requeues the job",
+                    child.pid,
+                    child.task_name,
+                    child.job_handle,
+                )
             self.signal_child(child, signal.SIGKILL)
             child.kill_sent = True
 

@@ -4,8 +4,13 @@ by the process it names."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import stat
 import tempfile
+
+
+logger = logging.getLogger(__name__)
 
 
 class PidfileError(RuntimeError):
@@ -13,6 +18,15 @@ class PidfileError(RuntimeError):
 
 
 def _read_pid(path: str) -> int | None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PidfileError(f"cannot read pid file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        # Opening a FIFO would block forever, and a directory or device is never ours.
+        raise PidfileError(f"pid file {path} exists and is not a regular file; remove it or choose another path")
     try:
         with open(path, encoding="ascii") as file:
             text = file.read().strip()
@@ -52,6 +66,10 @@ class Pidfile:
     def create(self, pid: int) -> None:
         """Write ``pid``, replacing a stale file; raise PidfileError if a pool runs."""
         existing = _read_pid(self.path)
+        if existing is not None and existing != pid and not _is_running_pool(existing):
+            logger.info("Replacing stale pid file %s: process %s is not a running pool", self.path, existing)
+        elif existing is None and os.path.exists(self.path):
+            logger.info("Replacing pid file %s, which holds no pid", self.path)
         if existing is not None and existing != pid and _is_running_pool(existing):
             raise PidfileError(
                 f"pid file {self.path} names running gearman_pool process {existing}; "

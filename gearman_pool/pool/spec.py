@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import traceback
 
 from django.core.management import get_commands, load_command_class
@@ -12,6 +13,8 @@ from gearman_pool.pool.limits import TaskLimits
 from gearman_pool.worker_command import GearmanWorkerBaseCommand
 
 COMMAND_PREFIX = "gearman_worker_"
+# Maximum children per task; a typo such as 1000000000 must not fork the machine to death.
+MAX_CHILDREN_PER_TASK = 1000
 
 
 class PoolConfigurationError(ValueError):
@@ -71,8 +74,12 @@ def describe_import_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def parse_workers_option(text: str) -> list[tuple[str, str]]:
-    """Split "name=count,name=count" into (name, count text) pairs, checking the form."""
+def parse_workers_option(text: str) -> list[tuple[str, str | None]]:
+    """Split "name=count,name=count" into (name, count text) pairs.
+
+    An entry without "=" gets the count None, so that resolve_entries() reports it
+    together with every other problem.
+    """
     entries = [part.strip() for part in text.split(",")]
     if not text.strip() or not any(entries):
         raise PoolConfigurationError("--workers is empty: give NAME=COUNT pairs, e.g. --workers data_import=4")
@@ -81,9 +88,7 @@ def parse_workers_option(text: str) -> list[tuple[str, str]]:
         if not entry:
             raise PoolConfigurationError(f"--workers {text!r} contains an empty entry; remove the extra comma")
         name, separator, count = entry.partition("=")
-        if not separator:
-            raise PoolConfigurationError(f"invalid --workers entry {entry!r}: expected NAME=COUNT, e.g. {entry}=2")
-        pairs.append((name.strip(), count.strip()))
+        pairs.append((name.strip(), count.strip() if separator else None))
     return pairs
 
 
@@ -98,6 +103,9 @@ def resolve_entries(pairs, discovered: dict[str, WorkerCommandInfo]) -> list[Poo
     entries = []
     seen = {}
     for name, count_value in pairs:
+        if count_value is None:
+            problems.append(f"entry {name!r} has no count; expected NAME=COUNT, e.g. {name}=2")
+            continue
         info = discovered.get(name) or by_task.get(name)
         if info is None:
             problems.append(f"unknown worker {name!r}")
@@ -129,15 +137,18 @@ def describe_valid_names(discovered: dict[str, WorkerCommandInfo]) -> str:
 
 
 def _parse_count(name, value, problems) -> int | None:
-    if isinstance(value, (bool, float)):
-        problems.append(f"count {value!r} for {name!r} is not an integer")
-        return None
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
+    if isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        # Only ASCII digits: int() would also take "٢", "1_0" and "１".
+        count = int(value.strip())
+    else:
         problems.append(f"count {value!r} for {name!r} is not an integer")
         return None
     if count < 1:
         problems.append(f"count {count} for {name!r} is below 1")
+        return None
+    if count > MAX_CHILDREN_PER_TASK:
+        problems.append(f"count {count} for {name!r} is above the maximum of {MAX_CHILDREN_PER_TASK}")
         return None
     return count

@@ -6,11 +6,10 @@ import logging
 import time
 
 from gearman_pool.conf import gearman_settings
+from gearman_pool.pool.spec import MAX_CHILDREN_PER_TASK
 
 logger = logging.getLogger(__name__)
 
-# Maximum child count per task that a scale request may set.
-MAX_CHILDREN_PER_TASK = 1000
 
 
 def child_memory(pid: int) -> int | None:

@@ -1,4 +1,6 @@
 import dataclasses
+import math
+import signal
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -6,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from gearman_pool.conf import gearman_settings
 from gearman_pool.errors import InvalidServerAddress
 from gearman_pool.logs import ensure_log_handler
-from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, PoolMaster
+from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, HANDLED_SIGNALS, PoolMaster
 from gearman_pool.pool.control import ControlSocketError
 from gearman_pool.pool.gearmand import GearmandError, LocalGearmand
 from gearman_pool.pool.limits import (
@@ -144,10 +146,14 @@ class Command(BaseCommand):
         super().run_from_argv(argv)
 
     def handle(self, *args, **options):
+        # Hold the master's signals from here on: PoolMaster.run() installs their handlers
+        # and then unblocks them, so a SIGHUP or SIGTERM sent during start-up is handled
+        # instead of killing the process by its default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         graceful_timeout = options["graceful_timeout"]
-        if not graceful_timeout >= 0:
+        if not 0 <= graceful_timeout < math.inf:
             raise CommandError(f"invalid --graceful-timeout {graceful_timeout!r}: give a number of seconds, 0 or more")
-        if not options["max_restart_delay"] > 0:
+        if not 0 < options["max_restart_delay"] < math.inf:
             raise CommandError(
                 f"invalid --max-restart-delay {options['max_restart_delay']!r}: give a positive number of seconds"
             )
@@ -191,6 +197,8 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
         elif options["gearmand_args"]:
             raise CommandError("--gearmand-arg applies only with --with-gearmand")
+        if options["pidfile"] is not None and not options["pidfile"].strip():
+            raise CommandError("invalid --pidfile '': give the path of the pid file")
         pidfile = Pidfile(options["pidfile"]) if options["pidfile"] else None
         master = PoolMaster(
             entries,

@@ -8,6 +8,11 @@ from gearman_pool.protocol import PRIORITIES
 from gearman_pool.submit import submit_job
 
 
+# One year; longer waits overflow poll() and the system clock, and mean "no timeout",
+# which is what leaving --timeout out already gives.
+MAX_TIMEOUT = 365 * 24 * 3600.0
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -44,11 +49,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         task_name = options["task_name"]
-        if not task_name or any(char.isspace() or char == "\x00" for char in task_name):
-            raise CommandError(f"invalid task name {task_name!r}: it must be non-empty and contain no white space")
+        if not task_name or any(char.isspace() or not char.isprintable() for char in task_name):
+            raise CommandError(
+                f"invalid task name {task_name!r}: it must be non-empty, without white space or control characters"
+            )
         timeout = options["timeout"]
-        if timeout is not None and not timeout > 0:
-            raise CommandError(f"invalid --timeout {timeout!r}: give a positive number of seconds")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+            raise CommandError(
+                f"invalid --timeout {timeout!r}: give a positive number of seconds, at most {MAX_TIMEOUT:g}"
+            )
         if timeout is not None and not options["foreground"]:
             raise CommandError("--timeout applies only with --foreground; a background submit does not wait")
         servers = None
