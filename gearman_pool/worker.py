@@ -108,6 +108,7 @@ class GearmanWorker:
         self.on_job_started = on_job_started
         self.on_job_finished = on_job_finished
         self.jobs_done = 0
+        self.current_job: Job | None = None
         self._servers = [
             _ServerState(Connection(address, connect_timeout=connect_timeout, io_timeout=io_timeout))
             for address in servers
@@ -117,6 +118,10 @@ class GearmanWorker:
         self._wakeup_read, self._wakeup_write = os.pipe()
         os.set_blocking(self._wakeup_read, False)
         os.set_blocking(self._wakeup_write, False)
+
+    @property
+    def task_names(self) -> str:
+        return ", ".join(task.decode("utf-8", "replace") for task in self.handlers)
 
     @property
     def stop_requested(self) -> bool:
@@ -210,8 +215,9 @@ class GearmanWorker:
                 continue
             if state.failures:
                 logger.info(
-                    "Reconnected to Gearman server %s after %d failed attempts (pid %s)",
+                    "Reconnected to Gearman server %s for %s after %d failed attempts (pid %s)",
                     state.connection.address,
+                    self.task_names,
                     state.failures,
                     os.getpid(),
                 )
@@ -249,8 +255,9 @@ class GearmanWorker:
         level = logging.WARNING if state.failures == 1 else logging.DEBUG
         logger.log(
             level,
-            "Gearman server %s unavailable (%s); retrying in %.1f s (pid %s)",
+            "Gearman server %s unavailable for %s (%s); retrying in %.1f s (pid %s)",
             state.connection.address,
+            self.task_names,
             exc,
             delay,
             os.getpid(),
@@ -321,6 +328,7 @@ class GearmanWorker:
             self._send_result(job, PacketType.WORK_FAIL, job.handle)
             return
 
+        self.current_job = job
         if self.on_job_started is not None:
             self.on_job_started(job)
         ok = False
@@ -338,6 +346,7 @@ class GearmanWorker:
             self._send_result(job, PacketType.WORK_COMPLETE, job.handle, bytes(result))
             ok = True
         self.jobs_done += 1
+        self.current_job = None
         if self.on_job_finished is not None:
             self.on_job_finished(job, ok)
 

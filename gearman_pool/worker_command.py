@@ -91,12 +91,14 @@ class GearmanWorkerBaseCommand(BaseCommand):
         try:
             worker.work(max_jobs=max_jobs)
         except KeyboardInterrupt:
+            job = worker.current_job
+            abandoned = f"job {job.handle.decode('utf-8', 'replace')}" if job is not None else "the job in hand"
             raise CommandError(
-                f"worker for task {task!r} interrupted by a second signal; gearmand requeues the job in hand",
+                f"worker for task {task!r} interrupted by a second signal; gearmand requeues {abandoned}",
                 returncode=EXIT_INTERRUPTED,
             ) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             worker.close()
-        logger.info("Worker for task %r stopped after %d jobs (pid %s)", task, worker.jobs_done, os.getpid())
+        logger.info("Worker for task %r stopped; jobs done: %d (pid %s)", task, worker.jobs_done, os.getpid())

@@ -72,7 +72,7 @@ def test_pool_sigterm_lets_running_job_finish(spawn_manage, private_gearmand):
     assert exit_code == 0
     assert outcome["result"].isdigit()
     assert outcome["finished_at"] <= exited_at
-    assert "exiting after 1 jobs" in pool.read_stderr()
+    assert "exiting; jobs done: 1" in pool.read_stderr()
 
 
 def test_pool_sigterm_idle_stops_promptly(spawn_manage, private_gearmand):

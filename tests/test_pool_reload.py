@@ -174,3 +174,49 @@ def test_reload_burst_of_hups_coalesces(spawn_manage, private_gearmand, hot_app,
     assert run_hot(private_gearmand) == b"v3"
     assert worker_count(private_gearmand.address, "hot") == 2
     assert pool.poll() is None
+
+
+FAILING_START_TEMPLATE = '''
+from gearman_pool import GearmanWorkerBaseCommand
+
+
+class Command(GearmanWorkerBaseCommand):
+    task_name = "hot"
+
+    def prepare_worker(self):
+        raise RuntimeError("database password missing")
+
+    def do_job(self, job_data):
+        return "broken"
+'''
+
+
+def test_reload_recovers_after_failed_start(spawn_manage, private_gearmand, hot_app, tmp_path):
+    pool = start_hot_pool(
+        spawn_manage,
+        private_gearmand,
+        tmp_path,
+        "--workers",
+        "hot=2",
+        "--max-boot-failures",
+        "2",
+        "--max-restart-delay",
+        "0.2",
+    )
+    wait_until(lambda: worker_count(private_gearmand.address, "hot") == 2, message="2 hot workers")
+    old_children = child_pids(pool)
+
+    # The new code imports fine, so the check passes, but every new child fails at start.
+    hot_app(source=FAILING_START_TEMPLATE)
+    pool.send_signal(signal.SIGHUP)
+    wait_until(lambda: "Reload incomplete" in pool.read_stderr(), timeout=30, message="the stalled reload")
+    assert old_children <= child_pids(pool)
+    assert run_hot(private_gearmand) == b"v1"
+
+    hot_app("v4")
+    pool.send_signal(signal.SIGHUP)
+    wait_until(lambda: run_hot(private_gearmand) == b"v4", timeout=30, message="v4 results")
+    wait_until(lambda: not (child_pids(pool) & old_children), timeout=30, message="old children to exit")
+    wait_until(lambda: len(child_pids(pool)) == 2, timeout=30, message="2 children")
+    assert worker_count(private_gearmand.address, "hot") == 2
+    assert pool.poll() is None

@@ -221,3 +221,18 @@ def test_import_error_stops_master_before_fork(run_manage, private_gearmand, tmp
     assert "ModuleNotFoundError: No module named 'no_such_module_here'" in result.stderr
     assert f"{commands / 'gearman_worker_broken.py'}, line 2" in result.stderr
     assert "Spawned child" not in result.stderr
+
+
+def test_sigterm_during_many_forks(spawn_manage, private_gearmand):
+    pool = start_pool(spawn_manage, private_gearmand, "--workers", "echo=300")
+    wait_until(lambda: "Spawned child" in pool.read_stderr(), message="the first fork")
+
+    started = time.monotonic()
+    pool.send_signal(signal.SIGTERM)
+    exit_code = pool.wait(timeout=60)
+
+    assert exit_code == 0
+    assert time.monotonic() - started < 30
+    log = pool.read_stderr()
+    assert "Received SIGTERM: stopping gracefully" in log
+    assert log.count("Spawned child") < 300

@@ -73,7 +73,7 @@ def test_failed_job_then_good_job(spawn_manage, address):
     stderr = process.read_stderr()
     assert stderr.count(TRACEBACK_HEADER) == 1, stderr
     assert "ValueError: asked to raise" in stderr
-    assert "stopped after 2 jobs" in stderr
+    assert "stopped; jobs done: 2" in stderr
 
 
 def test_sigterm_while_idle(spawn_manage, address):
@@ -88,7 +88,7 @@ def test_sigterm_while_idle(spawn_manage, address):
     assert elapsed < IDLE_STOP_TIMEOUT
     stderr = process.read_stderr()
     assert "Worker for task 'echo' started" in stderr
-    assert "Worker for task 'echo' stopped after 0 jobs" in stderr
+    assert "Worker for task 'echo' stopped; jobs done: 0" in stderr
     assert TRACEBACK_HEADER not in stderr
 
 
@@ -111,7 +111,7 @@ def test_sigterm_during_job_finishes_it(spawn_manage, address):
     assert not client_thread.is_alive()
     assert outcome == {"result": str(process.pid).encode()}
     assert process.wait(timeout=EXIT_TIMEOUT) == 0, process.read_stderr()
-    assert "stopped after 1 jobs" in process.read_stderr()
+    assert "stopped; jobs done: 1" in process.read_stderr()
 
 
 def test_second_signal_abandons_job(spawn_manage, address):
@@ -138,6 +138,7 @@ def test_second_signal_abandons_job(spawn_manage, address):
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith("CommandError: "), stderr
     assert "interrupted by a second signal" in last_line
+    assert "gearmand requeues job H:" in last_line
     assert TRACEBACK_HEADER not in stderr
     # gearmand puts the abandoned job back in the queue for the next worker.
     wait_until(
@@ -155,7 +156,7 @@ def test_exit_after_job(spawn_manage, address):
 
     assert result == b"only one"
     assert process.wait(timeout=EXIT_TIMEOUT) == 0, process.read_stderr()
-    assert "stopped after 1 jobs" in process.read_stderr()
+    assert "stopped; jobs done: 1" in process.read_stderr()
 
 
 def test_exit_after_job_leaves_next_job_queued(spawn_manage, address):

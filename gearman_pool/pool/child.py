@@ -164,7 +164,7 @@ class ChildProcessRunner:
             self.pipe.send(MESSAGE_RECYCLE, self.recycle_reason.encode())
             logger.info("Child for task %r recycled: %s (pid %s)", self.task, self.recycle_reason, pid)
         else:
-            logger.info("Child for task %r exiting after %d jobs (pid %s)", self.task, self.worker.jobs_done, pid)
+            logger.info("Child for task %r exiting; jobs done: %d (pid %s)", self.task, self.worker.jobs_done, pid)
         return EXIT_OK
 
     def reset_signals(self, master_fds, blocked_mask) -> None:
@@ -241,4 +241,5 @@ class ChildProcessRunner:
             self.worker.request_stop()
 
     def set_title(self, state: str) -> None:
-        set_process_title(f"{self.task} #{self.slot} {state}")
+        name = f"gp-{self.task}" if state == "starting" else None
+        set_process_title(f"{self.task} #{self.slot} {state}", name)

@@ -163,7 +163,7 @@ class PoolMaster:
                 self.control = ControlServer(self.control_socket, self.handle_control_request, take_control_fd())
             self.adopt_inherited_children()
             self.start_gearmand()
-            set_process_title("master")
+            set_process_title("master", "gp-master")
             logger.info(
                 "Pool master %s (pid %s): tasks %s; servers %s",
                 "re-executed with the new code" if self.reloading else "started",
@@ -727,7 +727,7 @@ class PoolMaster:
             self.validation = None
         if self.children and announce:
             logger.info(
-                "Waiting up to %g s for %d children to finish their jobs (pid %s)",
+                "Waiting up to %g s for the children to finish their jobs; children: %d (pid %s)",
                 self.graceful_timeout,
                 len(self.children),
                 self.pid,
