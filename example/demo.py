@@ -28,6 +28,13 @@ def manage(*args, env, check=True, input=None):
     return subprocess.run(command, cwd=EXAMPLE_DIR, env=env, check=check, input=input)
 
 
+def run_python(code, env):
+    """Run ``code`` with the example project's Django set up, as `manage.py shell -c` would."""
+    print(f"\n$ python -c {code!r}", flush=True)
+    setup = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'example_project.settings'); django.setup(); "
+    subprocess.run([sys.executable, "-c", setup + code], cwd=EXAMPLE_DIR, env=env, check=True)
+
+
 def wait_for_workers(address, expected):
     from gearman_pool.address import ServerAddress
     from gearman_pool.connection import AdminConnection
@@ -51,8 +58,8 @@ def main():
         print(f"gearmand {gearmand.address} started (pid {gearmand.pid})")
         env = dict(os.environ, GEARMAN_SERVERS=gearmand.address, PYTHONPATH=str(REPO_ROOT))
         manage("migrate", "--verbosity", "0", env=env)
-        manage("shell", "-c", "from invoices.models import Invoice; "
-               "[Invoice.objects.get_or_create(number=n) for n in ('2026-001', '2026-002')]", env=env)
+        run_python("from invoices.models import Invoice; "
+                   "[Invoice.objects.get_or_create(number=n) for n in ('2026-001', '2026-002')]", env=env)
 
         print("\n$ ./manage.py gearman_pool --workers data_import=2,send_invoices=1 &", flush=True)
         pool = subprocess.Popen(
@@ -68,9 +75,9 @@ def main():
             manage("gearman_submit_job", "send_invoices", "--foreground", "--timeout", "10", env=env)
             time.sleep(0.5)
             manage("gearman_server_info", env=env)
-            manage("shell", "-c", "from invoices.models import ImportedRow, Invoice; "
-                   "print(ImportedRow.objects.count(), 'rows imported;', "
-                   "Invoice.objects.filter(sent_at__isnull=False).count(), 'invoices sent')", env=env)
+            run_python("from invoices.models import ImportedRow, Invoice; "
+                       "print(ImportedRow.objects.count(), 'rows imported;', "
+                       "Invoice.objects.filter(sent_at__isnull=False).count(), 'invoices sent')", env=env)
         finally:
             print(f"\n$ kill -TERM {pool.pid}", flush=True)
             pool.send_signal(signal.SIGTERM)
