@@ -42,11 +42,9 @@ class Validation:
                 (os.POSIX_SPAWN_DUP2, descriptor, 2),
             ]
             environment = {key: value for key, value in os.environ.items() if key not in HANDOVER_ENVS}
-            # The validator must not inherit the master's blocked signals, or a stop
-            # request could not end it.
-            self.pid = os.posix_spawn(
-                argv[0], [*argv, CHECK_OPTION], environment, file_actions=actions, setsigmask=set(signal.Signals)
-            )
+            # An empty mask: the validator must not inherit signals the master holds
+            # blocked, or a stop request could not end it.
+            self.pid = os.posix_spawn(argv[0], [*argv, CHECK_OPTION], environment, file_actions=actions, setsigmask=set())
         finally:
             os.close(descriptor)
 
