@@ -198,10 +198,14 @@ def test_with_gearmand_runs_whole_stack(spawn_manage, tmp_path):
     wait_until(lambda: workers_or_zero(address, "echo") == 2, timeout=20, message="workers back on the new gearmand")
     assert run_job(address, "echo", b"again") == b"again"
 
+    started = time.monotonic()
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=30) == 0
+    # gearmand stops on its SIGTERM at once; a blocked signal would cost a 5 s SIGKILL delay.
+    assert time.monotonic() - started < 4
     log = pool.read_stderr()
     assert log.index("of task 'echo' exited") < log.rindex("gearmand")
+    assert "exited with code 0" in log[log.rindex("gearmand") - 200 :]
     assert not [process for process in psutil.process_iter(["cmdline"]) if f"--port={address.rsplit(':', 1)[1]}" in
                 " ".join(process.info["cmdline"] or [])]
 
@@ -228,3 +232,18 @@ def test_with_gearmand_rejects_remote_address(run_manage):
     assert result.returncode != 0
     assert "name a loopback address such as 127.0.0.1:4730 first" in result.stderr
     assert "Spawned child" not in result.stderr
+
+
+def test_with_gearmand_stops_promptly(spawn_manage):
+    address = f"127.0.0.1:{pick_free_port()}"
+    pool = spawn_manage("gearman_pool", "--workers", "echo=1", "--with-gearmand", env={"GEARMAN_TEST_SERVER": address})
+    wait_until(lambda: workers_or_zero(address, "echo") == 1, timeout=20, message="an echo worker")
+
+    started = time.monotonic()
+    pool.send_signal(signal.SIGTERM)
+
+    assert pool.wait(timeout=30) == 0
+    # The gearmand started with the master must not inherit the signals the master held
+    # blocked during start-up, or it would ignore SIGTERM until the 5 s SIGKILL.
+    assert time.monotonic() - started < 4
+    assert "killed by SIGKILL" not in pool.read_stderr()
