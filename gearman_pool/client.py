@@ -88,7 +88,8 @@ class GearmanClient:
         """Submit a job and return its handle, and its result when ``background`` is False.
 
         ``timeout`` (seconds) bounds the wait for a foreground result; None waits as long
-        as the job runs. Raises JobFailed, JobTimeout, QueueFull, ServerError or
+        as the job runs. Raises JobFailed, JobTimeout, QueueFull, ServerError,
+        ProtocolError (the server sent bytes that are not Gearman protocol) or
         ServerUnavailable (every server was tried).
         """
         if timeout is not None and not 0 <= timeout < float("inf"):

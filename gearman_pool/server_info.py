@@ -27,6 +27,9 @@ from gearman_pool.info_tables import render_reports
 logger = logging.getLogger(__name__)
 
 LISTING_END = b"."
+# A listing longer than this is a broken or hostile server, not a real task list; the
+# cap bounds the memory one reply can take.
+MAX_LISTING_LINES = 100_000
 # Errors that make one server's report fail while the other servers still report.
 REPORT_ERRORS = (ServerUnavailable, TimeoutError, ProtocolError, ServerError)
 # Servers are queried in parallel, so one slow server costs one timeout, not one per server.
@@ -190,6 +193,12 @@ class AdminClient:
             if first and _is_error_line(line):
                 raise _parse_error_line(line, self.address)
             first = False
+            if len(items) + skipped >= MAX_LISTING_LINES:
+                self.close()
+                raise ProtocolError(
+                    f"Gearman server {self.address} sent more than {MAX_LISTING_LINES} lines in reply to "
+                    f"{command.decode()!r}; the listing was abandoned"
+                )
             try:
                 items.append(parse_line(line))
             except ValueError as exc:

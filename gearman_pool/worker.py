@@ -265,10 +265,13 @@ class GearmanWorker:
 
     def _grab_job(self, state: _ServerState) -> Job | None:
         connection = state.connection
+        # One deadline for the whole reply, so that a server sending NOOP after NOOP
+        # cannot hold the worker here past its io_timeout.
+        deadline = time.monotonic() + connection.io_timeout
         try:
             connection.send_packet(PacketType.GRAB_JOB_UNIQ)
             while True:
-                packet = connection.read_packet(timeout=connection.io_timeout)
+                packet = connection.read_packet(timeout=max(0.0, deadline - time.monotonic()))
                 if packet.type == PacketType.JOB_ASSIGN_UNIQ:
                     handle, task, unique, data = packet.args
                     return Job(handle, task, unique, data, connection)

@@ -435,7 +435,7 @@ class PoolMaster:
             return
         if child.recycle_reason is not None:
             logger.info("Child %s of task %r recycled (%s); replacing it", child.pid, task, child.recycle_reason)
-            self.policy.record_exit(task, child.started_at, time.monotonic(), served_jobs=True)
+            self.policy.record_exit(task, child.started_at, time.monotonic(), booted=True)
             return
 
         code = os.waitstatus_to_exitcode(status)
@@ -443,7 +443,7 @@ class PoolMaster:
         if code == EXIT_BOOT_ERROR:
             level = logging.ERROR
         now = time.monotonic()
-        delay = self.policy.record_exit(task, child.started_at, now, served_jobs=child.served_jobs)
+        delay = self.policy.record_exit(task, child.started_at, now, booted=child.ready or child.served_jobs)
         if self.policy.is_failed(task):
             logger.error(
                 "Child %s of task %r %s; task %r failed %d times in a row at start, so it gets no more children",

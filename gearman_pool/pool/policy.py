@@ -1,10 +1,12 @@
 """Restart policy: when to replace a dead child, per task.
 
-A child that exits within ``boot_window`` seconds of its start is a boot failure.
+A child that exits within ``boot_window`` seconds of its start, before it registered at a
+job server, is a boot failure.
 Consecutive boot failures of one task delay that task's next spawn exponentially, with
 jitter, up to ``max_delay``; after ``max_boot_failures`` in a row the task is marked
-failed and gets no more children, while other tasks keep serving. A child that served a
-job or outlived the boot window resets its task's count.
+failed and gets no more children, while other tasks keep serving. A child that
+registered, served a job or outlived the boot window resets its task's count, so that
+killing healthy children is never mistaken for a crash loop.
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ class RestartPolicy:
         state = self.state(task)
         state.boot_failures = 0
 
-    def record_exit(self, task: str, started_at: float, now: float, served_jobs: bool = False) -> float:
+    def record_exit(self, task: str, started_at: float, now: float, booted: bool = False) -> float:
         """Record a child's exit and return the delay before its replacement, in seconds.
 
-        Returns 0.0 when the child served a job or ran past the boot window.
+        ``booted`` says the child registered at a job server or served a job. Returns 0.0
+        for such a child and for one that ran past the boot window.
         """
         state = self.state(task)
-        if served_jobs or now - started_at >= self.boot_window:
+        if booted or now - started_at >= self.boot_window:
             state.boot_failures = 0
             state.next_spawn_at = now
             return 0.0

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gearman_pool.conf import gearman_settings
 from gearman_pool.errors import InvalidServerAddress
-from gearman_pool.logs import ensure_log_handler
+from gearman_pool.logs import LogFileError, check_log_files, ensure_log_handler
 from gearman_pool.pool.master import DEFAULT_GRACEFUL_TIMEOUT, HANDLED_SIGNALS, PoolMaster
 from gearman_pool.pool.control import ControlSocketError
 from gearman_pool.pool.gearmand import GearmandError, LocalGearmand
@@ -189,6 +189,10 @@ class Command(BaseCommand):
             return
 
         ensure_log_handler()
+        try:
+            check_log_files()
+        except LogFileError as exc:
+            raise CommandError(str(exc)) from None
         gearmand = None
         if options["with_gearmand"]:
             try:

@@ -1,0 +1,1 @@
+"""Fault-injection tests: real gearmand, real pools, jobs recorded in PostgreSQL."""
