@@ -90,7 +90,7 @@ def test_served_jobs_resets():
     fail_at_boot(policy, "echo", START)
     fail_at_boot(policy, "echo", START + 1)
 
-    delay = policy.record_exit("echo", started_at=START + 1.9, now=START + 2, served_jobs=True)
+    delay = policy.record_exit("echo", started_at=START + 1.9, now=START + 2, booted=True)
 
     assert delay == 0.0
     assert policy.state("echo").boot_failures == 0

@@ -44,6 +44,8 @@ EXIT_ALL_TASKS_FAILED = 3
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
 # Maximum time the main loop sleeps with nothing to do, in seconds.
 IDLE_WAIT = 1.0
+# Seconds between the last child's exit and stopping the pool's own gearmand.
+GEARMAND_STOP_DELAY = 0.5
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (
@@ -144,6 +146,7 @@ class PoolMaster:
         self.validation: Validation | None = None
         self.reload_requested = False
         self._last_validation_error: str | None = None
+        self._children_gone_at: float | None = None
         self._stop_deadline: float | None = None
         self._signals: list[int] = []
         self._wakeup_read = self._wakeup_write = -1
@@ -321,6 +324,8 @@ class PoolMaster:
     def next_wait_timeout(self) -> float:
         now = time.monotonic()
         if self.stopping:
+            if self._children_gone_at is not None:
+                return max(0.0, min(IDLE_WAIT, self._children_gone_at + GEARMAND_STOP_DELAY - now))
             if self._stop_deadline is None:
                 return IDLE_WAIT
             return max(0.0, min(IDLE_WAIT, self._stop_deadline - now))
@@ -653,8 +658,16 @@ class PoolMaster:
         self.gearmand.start()
 
     def stop_gearmand_last(self) -> None:
-        # gearmand goes after every worker, so that no child loses its server mid-job.
+        # gearmand goes after every worker, so that no child loses its server mid-job,
+        # and a moment later still: a child's last WORK_COMPLETE may still be on its way
+        # through gearmand to the waiting client when the child exits.
         if self.gearmand is None or self.children:
+            self._children_gone_at = None
+            return
+        now = time.monotonic()
+        if self._children_gone_at is None:
+            self._children_gone_at = now
+        if now - self._children_gone_at < GEARMAND_STOP_DELAY:
             return
         self.gearmand.stop()
         self.gearmand.kill_if_stuck()
