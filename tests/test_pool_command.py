@@ -161,3 +161,15 @@ def test_check_shows_limits(settings):
 def test_bad_limit_option(option, value, expected):
     with pytest.raises(CommandError, match=re.escape(expected)):
         run_pool("--check", "--workers", "echo=1", option, value)
+
+
+def test_check_leaves_signal_mask_unchanged():
+    import signal
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    run_pool("--check", "--workers", "echo=1")
+    with pytest.raises(CommandError):
+        run_pool("--check", "--workers", "nosuch=1")
+
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

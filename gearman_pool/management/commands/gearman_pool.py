@@ -146,10 +146,17 @@ class Command(BaseCommand):
         super().run_from_argv(argv)
 
     def handle(self, *args, **options):
-        # Hold the master's signals from here on: PoolMaster.run() installs their handlers
-        # and then unblocks them, so a SIGHUP or SIGTERM sent during start-up is handled
-        # instead of killing the process by its default action.
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        # Hold the master's signals while it starts: PoolMaster.run() installs their
+        # handlers and then unblocks them, so a SIGHUP or SIGTERM sent during start-up is
+        # handled instead of killing the process by its default action. The previous mask
+        # comes back on every way out, so that call_command() leaves its caller unchanged.
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            self.start_pool(options)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+    def start_pool(self, options):
         graceful_timeout = options["graceful_timeout"]
         if not 0 <= graceful_timeout < math.inf:
             raise CommandError(f"invalid --graceful-timeout {graceful_timeout!r}: give a number of seconds, 0 or more")
