@@ -1,0 +1,1 @@
+"""Benchmarks of the pool against bare worker loops and separate processes; see run.py."""
