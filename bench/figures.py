@@ -1,6 +1,6 @@
 """One repetition of each measurement: drain rate, foreground round trip, and the fleet
 cycle (start-up, memory, idle CPU, stop). Each function measures one side and returns its
-numbers; run.py alternates the sides and summarizes the repetitions.
+numbers. run.py alternates the sides and summarizes the repetitions.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gearman_pool.client import GearmanClient
 TASK = "noop"
 # Every job carries these 16 bytes; the no-op workers ignore them.
 JOB_DATA = b"0123456789abcdef"
-# Seconds that a foreground job may take; a slower job ends the run with JobTimeout.
+# Seconds that a foreground job may take. A slower job ends the run with JobTimeout.
 JOB_TIMEOUT = 10.0
 # Seconds that a drain of the queue may take.
 DRAIN_TIMEOUT = 600.0

@@ -34,7 +34,7 @@ LOG_TAIL_CHARS = 3000
 
 
 class BenchError(RuntimeError):
-    """A benchmark could not be measured: a process died, or a state never came."""
+    """A benchmark could not be measured because a process died or a wait timed out."""
 
 
 def wait_until(
@@ -262,7 +262,7 @@ class BenchContext:
         return sum(1 for worker in self.admin.workers() if task in worker.tasks)
 
     def wait_registered(self, group: ProcessGroup, task: str, count: int) -> float:
-        """Wait until ``count`` workers of ``task`` are registered; return the monotonic time."""
+        """Return time.monotonic() once ``count`` workers of ``task`` are registered."""
         wait_until(
             lambda: self.registered_workers(task) >= count,
             START_TIMEOUT,
