@@ -1,8 +1,10 @@
 """The master's control socket: status and per-task scaling for operators.
 
 A client connects to the unix socket, sends one JSON request line and reads one JSON
-reply line; the master then closes the connection. The master never blocks on a
-client: sockets are non-blocking and served from the main loop's poll().
+reply line, and then the master closes the connection. Sockets are non-blocking and
+served from the main loop's poll(). Only sending a reply can hold the master, for at
+most one second per client, and a client that sends no request is dropped after
+CLIENT_TIMEOUT seconds.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class ControlServer:
                 probe.settimeout(1.0)
                 probe.connect(path)
             except OSError:
-                # Nobody listens: a socket file left by a pool that was killed.
+                # No process listens: a socket file left by a pool that was killed.
                 os.unlink(path)
             else:
                 raise ControlSocketError(
