@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import nox
 
-# (Python, Django series, pip requirement). 4.2 and 5.2 are the LTS series; "6" takes the
+# (Python, Django series, pip requirement). 4.2 and 5.2 are the LTS series. "6" takes the
 # newest 6.x release, which needs Python 3.12 or later.
 MATRIX = [
     ("3.10", "4.2", "Django>=4.2,<4.3"),

@@ -90,8 +90,8 @@ class JobStream(threading.Thread):
 class WorkerSampler(threading.Thread):
     """Records, every SAMPLE_INTERVAL seconds, each task's worker count and worker pids.
 
-    The count comes from ``status``; the pids come from the client ids that pool children
-    register with, ``host:pid:task#slot``, in ``workers``.
+    The count comes from ``status``. The pids come from ``workers``, which lists the client
+    id that each pool child registers with, ``host:pid:task#slot``.
     """
 
     def __init__(self, address: str):
@@ -203,8 +203,24 @@ def measure_reload(
     # queue after the streams stopped is one that the streams counted as lost.
     left_queued = sum(ctx.task_status(task)[0] for task in TASKS)
 
-    window = [counts for sampled_at, counts, _ in sampler.samples if sampled_at >= hup_at]
-    lowest = min(min(counts.get(task, 0) for task in TASKS) for counts in window)
+    window = [
+        (sampled_at, counts, pids)
+        for sampled_at, counts, pids in sampler.samples
+        if sampled_at >= hup_at
+    ]
+    lowest = min(min(counts.get(task, 0) for task in TASKS) for _, counts, _ in window)
+    # Each sample that showed a task below its configured count, for the JSON details.
+    dips = [
+        {
+            "seconds_after_sighup": round(sampled_at - hup_at, 3),
+            "task": task,
+            "workers": counts.get(task, 0),
+            "pids": sorted(pids[task]),
+        }
+        for sampled_at, counts, pids in window
+        for task in TASKS
+        if counts.get(task, 0) < CHILDREN_PER_TASK
+    ]
 
     group.terminate()
     for task in TASKS:
@@ -216,6 +232,7 @@ def measure_reload(
         "left_queued": left_queued,
         "reload_seconds": done_at - hup_at,
         "lowest_serving": lowest,
+        "dips": dips[:10],
         "samples": len(window),
         "failure_messages": [
             message for stream in streams for message in stream.failed + stream.lost

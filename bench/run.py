@@ -56,7 +56,7 @@ DRAIN_WORKERS = 2
 
 @dataclasses.dataclass
 class Sizes:
-    """How much work each benchmark does; --quick shrinks everything to seconds."""
+    """How much work each benchmark does. --quick shrinks everything to seconds."""
 
     repeat: int
     drain_jobs: int
