@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class JobResult:
-    """What a submit returns: the job handle and, for a foreground job, its result."""
+    """Outcome of a submit: the job handle and, for a foreground job, its result."""
 
     handle: str
     server: ServerAddress
@@ -231,8 +231,8 @@ def _server_error(args, address) -> ServerError:
     code, text = (args + (b"", b""))[:2]
     code_text = code.decode("utf-8", "replace")
     message = text.decode("utf-8", "replace")
-    # gearmand 1.1.20 answers a submit to a full queue with an ERROR packet whose code
-    # names QUEUE_ERROR and whose text is "Job queue is full".
+    # gearmand 1.1.20 rejects a submit to a full queue with an ERROR packet whose code
+    # contains QUEUE_ERROR and whose text is "Job queue is full".
     if b"QUEUE" in code.upper() or b"queue is full" in text.lower():
         return QueueFull(code_text, message, address)
     return ServerError(code_text, message, address)

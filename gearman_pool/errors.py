@@ -33,7 +33,7 @@ class QueueFull(ServerError):
 
     def __str__(self):
         where = f" on {self.address}" if self.address else ""
-        return f"queue full{where}: gearmand refused the job ({self.code}); raise the task's maxqueue or drain the queue"
+        return f"queue full{where}: gearmand rejected the job ({self.code}); raise the task's maxqueue or drain the queue"
 
 
 class JobFailed(GearmanError):

@@ -155,7 +155,7 @@ class PacketDecoder:
     """Incremental decoder of response packets from a byte stream.
 
     ``feed()`` takes whatever bytes arrived and returns the packets they complete. It
-    raises ProtocolError on a wrong magic, an unknown type or an oversized packet; the
+    raises ProtocolError on a wrong magic, an unknown type or an oversized packet. The
     stream cannot be resynchronised after that, so the caller must drop the connection.
     """
 

@@ -24,7 +24,7 @@ def submit_job(
 
     In the background (the default) this returns once gearmand has queued the job. With
     ``background=False`` it waits up to ``timeout`` seconds (None: no limit) and the
-    result's ``result`` attribute holds the bytes the worker returned. The task name
+    result's ``result`` attribute contains the bytes the worker returned. The task name
     gets the GEARMAN_CLIENT_NAMESPACE suffix. Raises the errors of
     ``GearmanClient.submit_job``: JobFailed, JobTimeout, QueueFull, ServerError and
     ServerUnavailable.

@@ -70,7 +70,7 @@ class GearmanWorker:
 
     A handler receives the Job and returns the result as bytes. An exception raised by a
     handler is logged once with its traceback and reported to the client as
-    WORK_EXCEPTION carrying "ExceptionType: message"; the worker then serves the next job.
+    WORK_EXCEPTION carrying "ExceptionType: message". The worker then serves the next job.
 
     ``keep_running`` is called between jobs and on every idle tick; returning False
     stops the loop like ``request_stop()`` does. ``on_registered(address)`` is called
@@ -357,8 +357,8 @@ class GearmanWorker:
         try:
             job.connection.send_packet(packet_type, *args)
         except ServerUnavailable as exc:
-            # The result is lost with the connection; gearmand requeues the job when it
-            # sees the worker's connection close, so it will run again.
+            # The result is lost with the connection. gearmand requeues the job when the
+            # worker's connection closes, so the job runs again.
             logger.warning(
                 "Could not report job %s of task %r: %s; gearmand will requeue it",
                 job.handle.decode("utf-8", "replace"),

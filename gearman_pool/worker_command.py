@@ -32,7 +32,7 @@ class GearmanWorkerBaseCommand(BaseCommand):
     - What ``do_job`` returns becomes the job's result: str as UTF-8, bytes as they are,
       None as an empty result, anything else as JSON.
     - An exception in ``do_job`` is logged once and reported to the client as a
-      failure carrying the exception text; the worker then serves the next job.
+      failure carrying the exception text. The worker then serves the next job.
     - ``exit_after_job = True`` (or ``--exit-after-job``) stops after one job.
     - ``prepare_worker()`` runs once in the serving process before it registers.
     """

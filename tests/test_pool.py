@@ -158,5 +158,5 @@ def test_pool_master_sigkill_leaves_no_children(spawn_manage, private_gearmand):
     pool.kill()
     pool.wait()
 
-    gone, alive = psutil.wait_procs(children, timeout=2)
+    _exited, alive = psutil.wait_procs(children, timeout=2)
     assert alive == []

@@ -52,8 +52,8 @@ def test_sigquit_stops_now(spawn_manage, private_gearmand):
 
 
 def test_group_sigint_and_sighup_reach_only_master(private_gearmand, tmp_path, gearmand_address):
-    # Ctrl-C in a terminal signals the whole foreground process group; run the pool in a
-    # group of its own so that the test can do the same without hitting pytest.
+    # Ctrl-C in a terminal signals the whole foreground process group. The pool runs in a
+    # group of its own, so that the test can do the same without hitting pytest.
     stderr_path = tmp_path / "pool.stderr"
     with open(stderr_path, "wb") as stderr:
         pool = subprocess.Popen(

@@ -71,7 +71,7 @@ class MasterPipe:
     """The write end of the child's pipe to the master.
 
     Writes are non-blocking, so a stalled master cannot stall the worker. A message that
-    does not fit is dropped. The pipe holds 64 KiB, which is thousands of messages.
+    does not fit is dropped. The pipe buffer is 64 KiB, room for thousands of messages.
     """
 
     def __init__(self, fd: int):
@@ -215,7 +215,7 @@ class ChildProcessRunner:
             self.memory_limit = None
         elif usage >= self.memory_limit:
             # Recycling would start a replacement that is over the limit before its first
-            # job, and loop; serve without the limit instead and say so.
+            # job, so the pool would loop. Serve without the limit instead, and log it.
             logger.warning(
                 "Child for task %r starts at %s, above max_memory %s; not recycling it for memory (pid %s)",
                 self.task,

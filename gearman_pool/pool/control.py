@@ -132,7 +132,7 @@ class ControlServer:
     def _reply(self, fd: int, reply: dict) -> None:
         client = self.clients[fd]
         data = (json.dumps(reply) + "\n").encode()
-        # The reply is small and the client waits for it; a short blocking send with a
+        # The reply is small and the client waits for it. A blocking send with a short
         # timeout keeps a stalled client from holding the master for long.
         client.connection.settimeout(1.0)
         try:

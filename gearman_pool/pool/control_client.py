@@ -220,3 +220,20 @@ def _rejection_message(reply: dict) -> str:
     if isinstance(error, str) and error.strip():
         return error
     return f"the gearman_pool master rejected the request without an error message: {reply!r}"
+
+
+def add_control_arguments(parser, timeout_help: str) -> None:
+    """Add --control-socket and --timeout, shared by the operator commands."""
+    parser.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="Unix socket of the pool master (default: the GEARMAN_POOL_CONTROL_SOCKET "
+        "setting, or a path in the temp directory derived from the user and settings module).",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"{timeout_help} (default: {DEFAULT_TIMEOUT:g}).",
+    )

@@ -20,7 +20,7 @@ def discard_inherited_connections() -> None:
 
     Closing an inherited libpq or MySQL connection normally sends a terminate message
     over the shared socket, which would end the parent's session too. Pointing the
-    descriptor at /dev/null first makes that message go nowhere; then Django's wrapper
+    descriptor at /dev/null first makes that message go nowhere. Then Django's wrapper
     is reset so the child opens its own connection on first use.
     """
     for wrapper in connections.all(initialized_only=True):

@@ -125,7 +125,9 @@ class LocalGearmand:
                     f"{self.address}; see {self.log_file}"
                 )
             time.sleep(0.02)
-        raise GearmandError(f"gearmand did not answer on {self.address} within {STARTUP_TIMEOUT:g} s; see {self.log_file}")
+        raise GearmandError(
+            f"gearmand on {self.address} did not respond to getpid within {STARTUP_TIMEOUT:g} s; see {self.log_file}"
+        )
 
     def _port_is_free(self) -> bool:
         family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET

@@ -611,9 +611,9 @@ class PoolMaster:
     def retire_replaced_children(self) -> None:
         """Stop children of the previous code once new children can take their place.
 
-        For each task, as many previous children are stopped as there are ready new
-        ones beyond the configured count minus the previous children still serving; a
-        task that is no longer configured loses its previous children at once.
+        A task keeps at least its configured count serving: a previous child is stopped
+        only while the ready new children plus the remaining previous ones exceed that
+        count. A task that is no longer configured loses its previous children at once.
         """
         previous = [child for child in self.children.values() if child.generation == PREVIOUS and not child.term_sent]
         if self.reload_requested and self.validation is None and (not self.reloading or self.reload_stalled):

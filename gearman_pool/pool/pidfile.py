@@ -49,7 +49,7 @@ def _is_running_pool(pid: int) -> bool:
     except PermissionError:
         pass
     # A stale file may name a pid that the kernel has since given to an unrelated
-    # process; on Linux the command line tells them apart.
+    # process. On Linux the command line distinguishes them.
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as file:
             return b"gearman_pool" in file.read()
@@ -69,7 +69,7 @@ class Pidfile:
         if existing is not None and existing != pid and not _is_running_pool(existing):
             logger.info("Replacing stale pid file %s: process %s is not a running pool", self.path, existing)
         elif existing is None and os.path.exists(self.path):
-            logger.info("Replacing pid file %s, which holds no pid", self.path)
+            logger.info("Replacing pid file %s, which contains no pid", self.path)
         if existing is not None and existing != pid and _is_running_pool(existing):
             raise PidfileError(
                 f"pid file {self.path} names running gearman_pool process {existing}; "

@@ -3,7 +3,7 @@
 A child that exits within ``boot_window`` seconds of its start, before it registered at a
 job server, is a boot failure.
 Consecutive boot failures of one task delay that task's next spawn exponentially, with
-jitter, up to ``max_delay``; after ``max_boot_failures`` in a row the task is marked
+jitter, up to ``max_delay``. After ``max_boot_failures`` in a row the task is marked
 failed and gets no more children, while other tasks keep serving. A child that
 registered, served a job or outlived the boot window resets its task's count, so that
 killing healthy children is never mistaken for a crash loop.
@@ -54,7 +54,7 @@ class RestartPolicy:
     def record_exit(self, task: str, started_at: float, now: float, booted: bool = False) -> float:
         """Record a child's exit and return the delay before its replacement, in seconds.
 
-        ``booted`` says the child registered at a job server or served a job. Returns 0.0
+        ``booted`` is True when the child registered at a job server or served a job. Returns 0.0
         for such a child and for one that ran past the boot window.
         """
         state = self.state(task)

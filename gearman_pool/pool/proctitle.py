@@ -2,8 +2,8 @@
 
 With the optional setproctitle package the whole command line shows the role, e.g.
 "gearman_pool: data_import #2 busy". Without it, Linux still gets a short process name
-(the one `ps -o comm` and `pkill` match), so the master and its children can be told
-apart.
+(the one `ps -o comm` and `pkill` match), which distinguishes the master from its
+children.
 """
 
 import ctypes

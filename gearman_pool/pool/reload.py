@@ -2,7 +2,7 @@
 
 The master keeps its pid across execv(), so supervisord and systemd keep tracking it and
 the children stay its children. The list of running children and their report pipes
-cross the exec in an environment variable; the new master forks a new generation from
+cross the exec in an environment variable. The new master forks a new generation from
 the new code and stops each old child only after a new one reported ready.
 """
 

@@ -124,7 +124,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--pidfile",
             metavar="PATH",
-            help="Write the master's pid to PATH; refused while PATH names a running pool.",
+            help="Write the master's pid to PATH. The pool does not start while PATH names a running pool.",
         )
         parser.add_argument(
             "--check",

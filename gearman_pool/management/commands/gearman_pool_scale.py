@@ -4,9 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gearman_pool.conf import gearman_settings
 from gearman_pool.pool.control_client import (
-    DEFAULT_TIMEOUT,
     ControlError,
-    positive_seconds,
+    add_control_arguments,
     send_control_request,
 )
 
@@ -30,22 +29,7 @@ class Command(BaseCommand):
             metavar="TASK=COUNT",
             help="Task name or gearman_worker_* command name, then =COUNT (0 or more), =+N or =-N.",
         )
-        parser.add_argument(
-            "--control-socket",
-            metavar="PATH",
-            help="Unix socket of the pool master (default: the GEARMAN_POOL_CONTROL_SOCKET "
-            "setting, or a path in the temp directory derived from the user and settings module).",
-        )
-        parser.add_argument(
-            "--timeout",
-            type=positive_seconds,
-            default=DEFAULT_TIMEOUT,
-            metavar="SECONDS",
-            help=(
-                "Seconds to wait for the master's reply to each change "
-                f"(default: {DEFAULT_TIMEOUT:g})."
-            ),
-        )
+        add_control_arguments(parser, "Seconds to wait for the master's reply to each change")
 
     def handle(self, *args, **options):
         requests = parse_scale_arguments(options["changes"])

@@ -2,9 +2,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gearman_pool.conf import gearman_settings
 from gearman_pool.pool.control_client import (
-    DEFAULT_TIMEOUT,
     ControlError,
-    positive_seconds,
+    add_control_arguments,
     send_control_request,
 )
 from gearman_pool.status_tables import render_status, status_to_json
@@ -23,19 +22,7 @@ class Command(BaseCommand):
             dest="as_json",
             help="Print the master's status reply as JSON instead of tables.",
         )
-        parser.add_argument(
-            "--control-socket",
-            metavar="PATH",
-            help="Unix socket of the pool master (default: the GEARMAN_POOL_CONTROL_SOCKET "
-            "setting, or a path in the temp directory derived from the user and settings module).",
-        )
-        parser.add_argument(
-            "--timeout",
-            type=positive_seconds,
-            default=DEFAULT_TIMEOUT,
-            metavar="SECONDS",
-            help=f"Seconds to wait for the master's reply (default: {DEFAULT_TIMEOUT:g}).",
-        )
+        add_control_arguments(parser, "Seconds to wait for the master's reply")
 
     def handle(self, *args, **options):
         path = options["control_socket"] or gearman_settings.control_socket
