@@ -210,7 +210,7 @@ class GearmanWorker:
                 continue
             try:
                 self._register(state)
-            except (ServerUnavailable, ProtocolError) as exc:
+            except (ServerUnavailable, ProtocolError, TimeoutError) as exc:
                 self._schedule_reconnect(state, exc)
                 continue
             if state.failures:
@@ -233,6 +233,11 @@ class GearmanWorker:
         connection.send_packet(PacketType.RESET_ABILITIES)
         for task in self.handlers:
             connection.send_packet(PacketType.CAN_DO, task)
+        # gearmand handles one connection's packets in order, so its reply to ECHO_REQ
+        # proves that it has read every CAN_DO above. Only then does on_registered run:
+        # the pool retires an old child on it during a reload, and must not do so while
+        # gearmand does not yet count the new child as a worker.
+        self._confirm_registration(connection)
         state.registered = True
         state.sleeping = False
         logger.debug(
@@ -241,6 +246,21 @@ class GearmanWorker:
             connection.address,
             os.getpid(),
         )
+
+    def _confirm_registration(self, connection: Connection) -> None:
+        token = f"registered {os.getpid()}".encode()
+        deadline = time.monotonic() + connection.io_timeout
+        connection.send_packet(PacketType.ECHO_REQ, token)
+        while True:
+            packet = connection.read_packet(timeout=max(0.0, deadline - time.monotonic()))
+            if packet.type == PacketType.ECHO_RES and packet.args[0] == token:
+                return
+            if packet.type == PacketType.NOOP:
+                # A wake-up for a job queued meanwhile; the first GRAB_JOB_UNIQ finds it.
+                continue
+            raise ProtocolError(
+                f"Gearman server {connection.address} sent {packet.type.name} in reply to ECHO_REQ"
+            )
 
     def _schedule_reconnect(self, state: _ServerState, exc: Exception) -> None:
         state.connection.close()

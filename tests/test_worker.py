@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import pytest
 from gearman_pool.address import ServerAddress
 from gearman_pool.client import GearmanClient
 from gearman_pool.errors import JobFailed
+from gearman_pool.protocol import REQUEST_MAGIC, PacketDecoder, PacketType, encode_response
 from gearman_pool.worker import GearmanWorker
 from tests.gearmand import pick_free_port
 from tests.helpers import admin_command, echo_handler, queue_status, wait_until
@@ -434,3 +436,54 @@ def test_more_than_1024_descriptors(address, make_client, start_worker, many_des
 
     assert not thread.is_alive()
     assert time.monotonic() - started < 0.5
+
+
+def test_on_registered_waits_for_gearmand_to_read_can_do(start_worker):
+    """on_registered runs only after the server answered the ECHO_REQ sent after CAN_DO.
+
+    A scripted server holds its ECHO_RES back; until it sends it, the callback must not
+    run, because gearmand would not count the worker yet.
+    """
+    task = new_task("echo-confirm")
+    registered = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = ServerAddress("127.0.0.1", listener.getsockname()[1])
+        start_worker(
+            [address],
+            {task: echo_handler},
+            on_registered=lambda _address: registered.set(),
+            tick_interval=0.2,
+        )
+        listener.settimeout(REGISTER_TIMEOUT)
+        server_side, _ = listener.accept()
+        with server_side:
+            decoder = PacketDecoder(magic=REQUEST_MAGIC)
+            received: list = []
+            server_side.settimeout(REGISTER_TIMEOUT)
+            while not any(packet.type == PacketType.ECHO_REQ for packet in received):
+                received.extend(decoder.feed(server_side.recv(4096)))
+            types = [packet.type for packet in received]
+            echo = received[-1]
+
+            assert types.index(PacketType.CAN_DO) < types.index(PacketType.ECHO_REQ)
+            assert not registered.wait(0.5)
+
+            server_side.sendall(encode_response(PacketType.ECHO_RES, *echo.args))
+
+            assert registered.wait(REGISTER_TIMEOUT)
+
+
+def test_gearmand_counts_worker_when_on_registered_runs(address, start_worker):
+    task = new_task("counted")
+    client_id = new_client_id("counted")
+    seen = []
+    done = threading.Event()
+
+    def on_registered(_address):
+        seen.append(is_registered(address, client_id, task))
+        done.set()
+
+    start_worker([address], {task: echo_handler}, client_id=client_id, on_registered=on_registered)
+
+    assert done.wait(REGISTER_TIMEOUT)
+    assert seen == [True]

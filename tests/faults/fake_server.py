@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from gearman_pool.address import ServerAddress
+from gearman_pool.protocol import REQUEST_MAGIC, PacketDecoder, PacketType, encode_response
 
 # Seconds between checks of the stop flag while a script waits.
 POLL_INTERVAL = 0.05
@@ -116,6 +117,33 @@ def send_and_hold(data: bytes) -> Script:
         connection.hold()
 
     return script
+
+
+def confirm_registration(connection: ScriptedConnection, timeout: float = 5.0) -> bool:
+    """Reply to the worker's first ECHO_REQ as gearmand does; return False if none came.
+
+    A worker sends ECHO_REQ after its CAN_DO packets and waits for the reply before it
+    asks for a job, so a script that tests the job path must send this reply first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for packet in PacketDecoder(magic=REQUEST_MAGIC).feed(bytes(connection.received)):
+            if packet.type == PacketType.ECHO_REQ:
+                return connection.send(encode_response(PacketType.ECHO_RES, *packet.args))
+        if not connection.open or time.monotonic() > deadline:
+            return False
+        if not connection.read_available(POLL_INTERVAL):
+            return False
+
+
+def confirm_then(script: Script) -> Script:
+    """Run ``script`` after replying to the worker's registration ECHO_REQ."""
+
+    def confirmed(connection: ScriptedConnection) -> None:
+        if confirm_registration(connection):
+            script(connection)
+
+    return confirmed
 
 
 class FakeServer:

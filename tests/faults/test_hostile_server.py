@@ -43,7 +43,13 @@ from gearman_pool.protocol import (
 from gearman_pool.server_info import MAX_LISTING_LINES, REPORT_ERRORS, AdminClient, TaskStatus
 from gearman_pool.worker import GearmanWorker
 from tests.faults.conftest import ScenarioReport
-from tests.faults.fake_server import FakeServer, ScriptedConnection, send_and_close, send_and_hold
+from tests.faults.fake_server import (
+    FakeServer,
+    ScriptedConnection,
+    confirm_then,
+    send_and_close,
+    send_and_hold,
+)
 
 IO_TIMEOUT = 0.5
 # Shorter for the hypothesis properties, which wait for a timeout in about half their examples.
@@ -280,10 +286,11 @@ def test_client_foreground_flood_times_out(fake_server, hostile_stats):
     assert peak < MEMORY_BOUND
 
 
+@pytest.mark.parametrize("confirmed", [True, False], ids=["reply to GRAB_JOB", "reply to ECHO_REQ"])
 @pytest.mark.parametrize("case", sorted(HOSTILE_PACKETS))
-def test_worker_hostile_reply(fake_server, hostile_stats, case, caplog):
+def test_worker_hostile_reply(fake_server, hostile_stats, case, confirmed, caplog):
     script, _client_error = HOSTILE_PACKETS[case]
-    server = fake_server(script)
+    server = fake_server(confirm_then(script) if confirmed else script)
     worker = make_worker(server)
 
     try:
@@ -301,7 +308,7 @@ def test_worker_hostile_reply(fake_server, hostile_stats, case, caplog):
 
 
 def test_worker_trickle_bounded(fake_server, hostile_stats):
-    server = fake_server(trickle(encode_response(PacketType.NO_JOB)))
+    server = fake_server(confirm_then(trickle(encode_response(PacketType.NO_JOB))))
     worker = make_worker(server, io_timeout=TRICKLE_IO_TIMEOUT)
 
     try:
@@ -318,7 +325,7 @@ def test_worker_runs_assigned_job(fake_server):
     assign = encode_response(
         PacketType.JOB_ASSIGN_UNIQ, b"H:\xff:7", TASK, b"unique", b"payload\x00\xff"
     )
-    server = fake_server(send_and_hold(assign))
+    server = fake_server(confirm_then(send_and_hold(assign)))
     worker = make_worker(server)
 
     try:
@@ -338,7 +345,7 @@ def test_worker_fails_job_of_unregistered_task(fake_server):
     assign = encode_response(
         PacketType.JOB_ASSIGN_UNIQ, b"H:fake:8", b"\xffother", b"unique", b"payload"
     )
-    server = fake_server(send_and_hold(assign))
+    server = fake_server(confirm_then(send_and_hold(assign)))
     worker = make_worker(server)
 
     try:
@@ -366,7 +373,7 @@ def noop_every(interval: float):
 
 
 def test_worker_noop_stream_bounded(fake_server):
-    server = fake_server(noop_every(0.1))
+    server = fake_server(confirm_then(noop_every(0.1)))
     worker = make_worker(server)
     thread = threading.Thread(target=worker.work_once, daemon=True)
 
@@ -558,9 +565,10 @@ def test_property_client_any_stream(shared_server, hostile_stats, stream, hold, 
 
 
 @PROPERTY_SETTINGS
-@given(stream=SERVER_STREAMS, hold=st.booleans())
-def test_property_worker_any_stream(shared_server, hostile_stats, stream, hold):
-    shared_server.script = send_and_hold(stream) if hold else send_and_close(stream)
+@given(stream=SERVER_STREAMS, hold=st.booleans(), confirmed=st.booleans())
+def test_property_worker_any_stream(shared_server, hostile_stats, stream, hold, confirmed):
+    script = send_and_hold(stream) if hold else send_and_close(stream)
+    shared_server.script = confirm_then(script) if confirmed else script
     worker = make_worker(shared_server, io_timeout=PROPERTY_IO_TIMEOUT)
 
     try:
