@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -160,3 +161,13 @@ def test_pool_master_sigkill_leaves_no_children(spawn_manage, private_gearmand):
 
     _exited, alive = psutil.wait_procs(children, timeout=2)
     assert alive == []
+
+
+def test_pool_child_inherits_frozen_objects(spawn_manage, private_gearmand):
+    """The master's objects stay frozen in each child, out of reach of its garbage collector."""
+    start_pool(spawn_manage, private_gearmand, "--workers", "gcstate=1")
+    wait_until(lambda: worker_count(private_gearmand.address, "gcstate") == 1, message="a gcstate worker")
+
+    result = submit(private_gearmand, "gcstate", b"", background=False)
+
+    assert json.loads(result.result)["frozen"] > 10_000

@@ -8,6 +8,7 @@ whose waitpid() returns scripted statuses and whose kill() only records the sign
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import pytest
 
 from gearman_pool.pool import master as master_module
 from gearman_pool.pool import reload as reload_module
-from gearman_pool.pool.child import MESSAGE_BUSY, MESSAGE_IDLE, MESSAGE_READY, MESSAGE_RECYCLE
+from gearman_pool.pool.child import MESSAGE_READY, MESSAGE_RECYCLE
 from gearman_pool.pool.master import (
     CURRENT,
     EXIT_ALL_TASKS_FAILED,
@@ -29,6 +30,7 @@ from gearman_pool.pool.master import (
     describe_exit_status,
 )
 from gearman_pool.pool.policy import RestartPolicy
+from gearman_pool.pool.scoreboard import ScoreboardSlot
 from gearman_pool.pool.reload import (
     INHERITED_CHILDREN_ENV,
     RELOAD_PENDING_ENV,
@@ -70,6 +72,8 @@ class FakeOs:
         self.last_pid = 5000
         self.fork_error: OSError | None = None
         self.forks = 0
+        # gc.get_freeze_count() at each fork() call.
+        self.frozen_at_fork: list[int] = []
         self.kills: list[tuple[int, int]] = []
         self.waitpid_calls: list[tuple[int, int]] = []
         # waitpid() results in order, as (pid, status) pairs or exceptions to raise. When
@@ -79,6 +83,7 @@ class FakeOs:
         self.execv_error: OSError | None = None
 
     def fork(self) -> int:
+        self.frozen_at_fork.append(gc.get_freeze_count())
         if self.fork_error is not None:
             raise self.fork_error
         self.forks += 1
@@ -189,6 +194,27 @@ def make_master(fake_os, clock, closed_connections, validations, clean_environme
     for master in masters:
         for child in master.children.values():
             master.close_report_pipe(child)
+            if child.scoreboard is not None:
+                child.scoreboard.close()
+
+
+@pytest.fixture
+def scoreboard():
+    """A scoreboard slot for a ChildProcess that a test builds by hand."""
+    slot = ScoreboardSlot.create()
+    yield slot
+    slot.close()
+
+
+def start_job(master: PoolMaster, child: ChildProcess, handle: bytes) -> None:
+    """Write a job start into the child's slot, as the child does, and let the master read it."""
+    child.scoreboard.job_started(handle, master_module.time.monotonic())
+    master.refresh_job_states()
+
+
+def finish_job(master: PoolMaster, child: ChildProcess, jobs_done: int) -> None:
+    child.scoreboard.job_finished(jobs_done)
+    master.refresh_job_states()
 
 
 def adopt(master: PoolMaster, records: list[dict], monkeypatch, reload_pending: bool = False) -> None:
@@ -428,14 +454,17 @@ def test_report_ready(make_master):
     assert master.policy.successes == []
 
 
-def test_report_job_records_success(make_master):
+def test_first_job_records_success(make_master, scoreboard):
     master = make_master()
-    child = ChildProcess(pid=7, task_name="echo", slot=1, started_at=START)
+    child = ChildProcess(pid=7, task_name="echo", slot=1, started_at=START, scoreboard=scoreboard)
+    master.children[child.pid] = child
     master.policy.state("echo").boot_failures = 4
 
-    master.handle_report(child, MESSAGE_BUSY + b" H:host:1\n")
-    master.handle_report(child, MESSAGE_BUSY + b" H:host:2\n")
+    start_job(master, child, b"H:host:1")
+    finish_job(master, child, 1)
+    start_job(master, child, b"H:host:2")
 
+    assert child.ready
     assert child.served_jobs
     assert master.policy.successes == ["echo"]
     assert master.policy.state("echo").boot_failures == 0
@@ -463,10 +492,10 @@ def test_read_report_joins_split_lines(make_master):
         assert not child.ready
         assert child.report_buffer == b"rea"
 
-        os.write(write_fd, b"dy\nbusy H:host:1\n")
+        os.write(write_fd, b"dy\nrecycle max_jobs 5 reached after 5 jobs\n")
         master.read_report(child)
         assert child.ready
-        assert child.served_jobs
+        assert child.recycle_reason == "max_jobs 5 reached after 5 jobs"
         assert child.report_buffer == b""
     finally:
         os.close(write_fd)
@@ -772,6 +801,34 @@ def test_adopt_marks_previous_generation(make_master, monkeypatch):
     assert RELOAD_PENDING_ENV not in os.environ
 
 
+def test_adopt_maps_inherited_scoreboard(make_master, monkeypatch, scoreboard):
+    master = make_master()
+    record = dict(old_child(101), scoreboard_fd=os.dup(scoreboard.fd))
+
+    adopt(master, [record], monkeypatch)
+    # The child keeps writing to its own mapping after the master's re-exec.
+    scoreboard.job_started(b"H:host:7", START)
+    master.refresh_job_states()
+
+    child = master.children[101]
+    assert child.job_handle == "H:host:7"
+    assert not os.get_inheritable(child.scoreboard.fd)
+
+
+def test_adopt_unusable_scoreboard_fd(make_master, monkeypatch, caplog):
+    master = make_master()
+    read_fd, write_fd = os.pipe()
+    try:
+        with caplog.at_level(logging.WARNING):
+            adopt(master, [dict(old_child(101), scoreboard_fd=read_fd)], monkeypatch)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+    assert master.children[101].scoreboard is None
+    assert f"Cannot map an inherited scoreboard slot (fd {read_fd})" in caplog.text
+
+
 def test_new_generation_spawned_beside_old(make_master, fake_os, monkeypatch):
     master = make_master()
     adopt(master, [old_child(101), old_child(102, slot=2)], monkeypatch)
@@ -931,16 +988,19 @@ def reload_os(monkeypatch):
     return fake
 
 
-def test_inherited_children_round_trip(reload_os, clean_environment):
+def test_inherited_children_round_trip(reload_os, clean_environment, scoreboard):
     read_fd, write_fd = os.pipe()
     children = [
-        ChildProcess(pid=101, task_name="echo", slot=1, started_at=START, report_fd=read_fd, ready=True),
+        ChildProcess(
+            pid=101, task_name="echo", slot=1, started_at=START, report_fd=read_fd, scoreboard=scoreboard, ready=True
+        ),
         ChildProcess(pid=102, task_name="sleep", slot=2, started_at=START + 1.5),
     ]
     try:
         reexec_master(EXEC_ARGV, children, reload_pending=False)
 
         assert os.get_inheritable(read_fd)
+        assert os.get_inheritable(scoreboard.fd)
     finally:
         os.close(read_fd)
         os.close(write_fd)
@@ -948,8 +1008,16 @@ def test_inherited_children_round_trip(reload_os, clean_environment):
     assert reload_os.execv_calls == [(EXEC_ARGV[0], EXEC_ARGV)]
     inherited, pending = take_inherited_children()
     assert inherited == [
-        {"pid": 101, "task": "echo", "slot": 1, "fd": read_fd, "started_at": START, "ready": True},
-        {"pid": 102, "task": "sleep", "slot": 2, "fd": -1, "started_at": START + 1.5, "ready": False},
+        {
+            "pid": 101,
+            "task": "echo",
+            "slot": 1,
+            "fd": read_fd,
+            "scoreboard_fd": scoreboard.fd,
+            "started_at": START,
+            "ready": True,
+        },
+        {"pid": 102, "task": "sleep", "slot": 2, "fd": -1, "scoreboard_fd": -1, "started_at": START + 1.5, "ready": False},
     ]
     assert not pending
     assert INHERITED_CHILDREN_ENV not in os.environ
@@ -1035,19 +1103,69 @@ def test_every_task_failed_current_serving(make_master):
 # ---- job state, recycling, scaling ------------------------------------------------------------
 
 
-def test_report_busy_and_idle_track_job(make_master, clock):
+def test_scoreboard_tracks_job(make_master, clock, scoreboard):
     master = make_master()
-    child = ChildProcess(pid=7, task_name="echo", slot=1, started_at=START)
+    child = ChildProcess(pid=7, task_name="echo", slot=1, started_at=START, scoreboard=scoreboard)
+    master.children[child.pid] = child
 
-    master.handle_report(child, MESSAGE_BUSY + b" H:host:9\n")
+    start_job(master, child, b"H:host:9")
     assert child.state == "busy"
     assert child.job_handle == "H:host:9"
     assert child.job_started_at == START
 
-    master.handle_report(child, MESSAGE_IDLE + b" 12\n")
+    finish_job(master, child, 12)
     assert child.state == "ready"
     assert child.job_handle is None
+    assert child.job_started_at is None
     assert child.jobs_done == 12
+
+
+def test_job_state_read_at_reap(make_master, fake_os):
+    master = make_master([PoolEntry("gearman_worker_echo", "tests.testapp", "echo", 1)])
+    master.spawn_missing_children()
+    (pid,) = pids_of(master, "echo")
+    slot = master.children[pid].scoreboard
+    # The child ran a job and crashed before the master's next step read its slot.
+    slot.job_started(b"H:host:4", START)
+    fake_os.wait_results = [(pid, exit_status(1))]
+
+    master.reap_children()
+
+    assert master.policy.successes == ["echo"]
+    assert slot.memory.closed
+
+
+def test_fork_with_objects_frozen(make_master, fake_os):
+    master = make_master()
+
+    master.spawn_missing_children()
+
+    assert len(fake_os.frozen_at_fork) == 2
+    assert min(fake_os.frozen_at_fork) > 0
+    assert gc.get_freeze_count() == 0
+
+
+def test_fork_failure_unfreezes(make_master, fake_os):
+    master = make_master()
+    fake_os.fork_error = OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    master.spawn_missing_children()
+
+    assert fake_os.frozen_at_fork
+    assert gc.get_freeze_count() == 0
+
+
+def test_spawn_gives_child_own_slot(make_master):
+    master = make_master()
+    master.spawn_missing_children()
+    first, second = (master.children[pid] for pid in pids_of(master, "echo"))
+
+    first.scoreboard.job_started(b"H:host:1", START)
+    master.refresh_job_states()
+
+    assert first.job_handle == "H:host:1"
+    assert second.job_handle is None
+    assert first.scoreboard.fd != second.scoreboard.fd
 
 
 def test_job_timeout_kills_child(make_master, fake_os, clock, caplog):
@@ -1055,7 +1173,7 @@ def test_job_timeout_kills_child(make_master, fake_os, clock, caplog):
     master = make_master([limited])
     master.spawn_missing_children()
     (pid,) = pids_of(master, "echo")
-    master.handle_report(master.children[pid], MESSAGE_BUSY + b" H:host:3\n")
+    start_job(master, master.children[pid], b"H:host:3")
 
     clock.now += 5
     master.kill_overdue_children()
@@ -1066,6 +1184,19 @@ def test_job_timeout_kills_child(make_master, fake_os, clock, caplog):
         master.kill_overdue_children()
     assert fake_os.signals_sent(signal.SIGKILL) == [pid]
     assert "job H:host:3 ran 5.5 s, over job_timeout 5 s" in caplog.text
+
+
+def test_wait_ends_at_job_deadline(make_master, clock):
+    limited = PoolEntry("gearman_worker_echo", "tests.testapp", "echo", 1, TaskLimits(job_timeout=5))
+    master = make_master([limited])
+    master.spawn_missing_children()
+    (pid,) = pids_of(master, "echo")
+    assert master.next_wait_timeout() == pytest.approx(master_module.IDLE_WAIT)
+
+    start_job(master, master.children[pid], b"H:host:3")
+    clock.now += 4.5
+
+    assert master.next_wait_timeout() == pytest.approx(0.5 + master_module.JOB_TIMEOUT_MARGIN)
 
 
 def test_recycled_child_replaced_at_once(make_master, fake_os, clock, caplog):
@@ -1106,7 +1237,7 @@ def test_scale_down_stops_idle_first(make_master, fake_os):
     first, second, third = pids_of(master, "echo")
     for pid in (first, second, third):
         master.handle_report(master.children[pid], MESSAGE_READY)
-    master.handle_report(master.children[third], MESSAGE_BUSY + b" H:host:1\n")
+    start_job(master, master.children[third], b"H:host:1")
 
     master.scale("echo", 1)
     master.stop_surplus_children()
@@ -1135,7 +1266,8 @@ def test_status_lists_children(make_master, fake_os, monkeypatch):
     master = make_master()
     master.spawn_missing_children()
     first, _second = pids_of(master, "echo")
-    master.handle_report(master.children[first], MESSAGE_BUSY + b" H:host:5\n")
+    # The status request reads the slots itself, without a loop step in between.
+    master.children[first].scoreboard.job_started(b"H:host:5", START)
 
     status = master.handle_control_request({"command": "status"})
 

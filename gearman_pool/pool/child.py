@@ -4,8 +4,10 @@
 The child reports to the master over a pipe, one ASCII line per event:
 
 - ``ready``: registered at a job server;
-- ``busy <handle>``: a job started; ``idle <jobs done>``: it finished;
 - ``recycle <reason>``: the child is about to exit because it reached a limit.
+
+Job starts and ends go to the child's scoreboard slot instead (scoreboard.py), because a
+pipe message per job would wake the master thousands of times a second under load.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 import signal
 import socket
 import sys
+import time
 
 from django.core.management import load_command_class
 
@@ -38,8 +41,6 @@ EXIT_MASTER_GONE = 4
 PR_SET_PDEATHSIG = 1
 
 MESSAGE_READY = b"ready"
-MESSAGE_BUSY = b"busy"
-MESSAGE_IDLE = b"idle"
 MESSAGE_RECYCLE = b"recycle"
 
 
@@ -86,11 +87,11 @@ class MasterPipe:
             pass
 
 
-def run_child(entry, slot: int, master_pid: int, report_fd: int, master_fds, blocked_mask) -> None:
+def run_child(entry, slot: int, master_pid: int, report_fd: int, scoreboard, master_fds, blocked_mask) -> None:
     """Serve ``entry``'s task in this forked child, then end the process with os._exit."""
     code = EXIT_CRASHED
     try:
-        code = ChildProcessRunner(entry, slot, master_pid, report_fd).run(master_fds, blocked_mask)
+        code = ChildProcessRunner(entry, slot, master_pid, report_fd, scoreboard).run(master_fds, blocked_mask)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_CRASHED
     except BaseException:
@@ -106,12 +107,13 @@ def run_child(entry, slot: int, master_pid: int, report_fd: int, master_fds, blo
 
 
 class ChildProcessRunner:
-    def __init__(self, entry, slot: int, master_pid: int, report_fd: int):
+    def __init__(self, entry, slot: int, master_pid: int, report_fd: int, scoreboard):
         self.entry = entry
         self.task = entry.task_name
         self.slot = slot
         self.master_pid = master_pid
         self.pipe = MasterPipe(report_fd)
+        self.scoreboard = scoreboard
         self.worker = None
         self.memory_limit = entry.limits.max_memory
         self.recycle_reason: str | None = None
@@ -171,6 +173,8 @@ class ChildProcessRunner:
         # The master's wake-up pipe, its pipes from other children and its handlers must
         # not act in the child.
         signal.set_wakeup_fd(-1)
+        # The shared mapping of this child's slot stays; its descriptor is the master's.
+        self.scoreboard.close_descriptor()
         for fd in master_fds:
             try:
                 os.close(fd)
@@ -226,11 +230,11 @@ class ChildProcessRunner:
             self.memory_limit = None
 
     def job_started(self, job) -> None:
-        self.pipe.send(MESSAGE_BUSY, job.handle)
+        self.scoreboard.job_started(job.handle, time.monotonic())
         self.set_title("busy")
 
     def job_finished(self, job, ok: bool) -> None:
-        self.pipe.send(MESSAGE_IDLE, str(self.worker.jobs_done).encode())
+        self.scoreboard.job_finished(self.worker.jobs_done)
         self.set_title("idle")
         if self.memory_limit is None:
             return

@@ -2,13 +2,15 @@
 
 Signal handlers only record the signal number; the wake-up fd set with
 signal.set_wakeup_fd ends the main loop's wait. Each loop step then handles the signals,
-reads the children's reports, reaps children with waitpid(-1, WNOHANG) and restores the
-configured counts. The master forks only from its main thread and has no other threads.
+reads the children's reports, reaps children with waitpid(-1, WNOHANG), reads their job
+states from the scoreboard and restores the configured counts. The master forks only from
+its main thread and has no other threads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -19,20 +21,14 @@ import time
 from gearman_pool.conf import gearman_settings
 from gearman_pool.connection import wait_readable
 from gearman_pool.logs import reopen_log_files
-from gearman_pool.pool.child import (
-    EXIT_BOOT_ERROR,
-    MESSAGE_BUSY,
-    MESSAGE_IDLE,
-    MESSAGE_READY,
-    MESSAGE_RECYCLE,
-    run_child,
-)
+from gearman_pool.pool.child import EXIT_BOOT_ERROR, MESSAGE_READY, MESSAGE_RECYCLE, run_child
 from gearman_pool.pool.control import ControlServer
 from gearman_pool.pool.database import close_connections_before_fork
 from gearman_pool.pool.gearmand import GEARMAND_PID_ENV
 from gearman_pool.pool.policy import RestartPolicy
 from gearman_pool.pool.proctitle import set_process_title
 from gearman_pool.pool.reload import Validation, reexec_master, take_control_fd, take_inherited_children
+from gearman_pool.pool.scoreboard import ScoreboardSlot
 from gearman_pool.pool.status import build_status, scale_request
 from gearman_pool.pool.systemd import notify
 
@@ -44,6 +40,9 @@ EXIT_ALL_TASKS_FAILED = 3
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
 # Maximum time the main loop sleeps with nothing to do, in seconds.
 IDLE_WAIT = 1.0
+# Seconds past a job's deadline at which the master wakes to kill its child, so that the
+# job is over its timeout by then and the wake-up is not repeated.
+JOB_TIMEOUT_MARGIN = 0.01
 # Seconds between the last child's exit and stopping the pool's own gearmand.
 GEARMAND_STOP_DELAY = 0.5
 
@@ -75,6 +74,7 @@ class ChildProcess:
     slot: int
     started_at: float
     report_fd: int = -1
+    scoreboard: ScoreboardSlot | None = None
     generation: str = CURRENT
     ready: bool = False
     served_jobs: bool = False
@@ -107,6 +107,18 @@ def describe_exit_status(status: int) -> str:
     except ValueError:
         name = f"signal {-code}"
     return f"killed by {name}"
+
+
+def adopt_scoreboard(fd) -> ScoreboardSlot | None:
+    """Map the scoreboard slot that a previous master image handed over, or return None."""
+    if not isinstance(fd, int) or fd < 0:
+        return None
+    try:
+        os.set_inheritable(fd, False)
+        return ScoreboardSlot(fd)
+    except (OSError, ValueError) as exc:
+        logger.warning("Cannot map an inherited scoreboard slot (fd %s): %s (pid %s)", fd, exc, os.getpid())
+        return None
 
 
 class PoolMaster:
@@ -196,6 +208,7 @@ class PoolMaster:
         self.wait_for_event(self.next_wait_timeout() if timeout is None else timeout)
         self.handle_signals()
         self.reap_children()
+        self.refresh_job_states()
         if self.stopping:
             self.kill_after_deadline()
             self.stop_gearmand_last()
@@ -300,19 +313,6 @@ class PoolMaster:
         if kind == MESSAGE_READY and not child.ready:
             child.ready = True
             logger.debug("Child %s of task %r is ready", child.pid, child.task_name)
-        elif kind == MESSAGE_BUSY:
-            child.ready = True
-            child.job_handle = argument.decode("utf-8", "replace")
-            child.job_started_at = time.monotonic()
-            if not child.served_jobs:
-                # A child that got as far as running a job booted fine.
-                child.served_jobs = True
-                self.policy.record_success(child.task_name)
-        elif kind == MESSAGE_IDLE:
-            child.job_handle = None
-            child.job_started_at = None
-            if argument.isdigit():
-                child.jobs_done = int(argument)
         elif kind == MESSAGE_RECYCLE:
             child.recycle_reason = argument.decode("utf-8", "replace")
 
@@ -320,6 +320,27 @@ class PoolMaster:
         if child.report_fd >= 0:
             os.close(child.report_fd)
             child.report_fd = -1
+
+    def refresh_job_states(self) -> None:
+        """Copy each child's job state from its scoreboard slot."""
+        for child in self.children.values():
+            self.refresh_job_state(child)
+
+    def refresh_job_state(self, child: ChildProcess) -> None:
+        if child.scoreboard is None:
+            return
+        state = child.scoreboard.read()
+        if state is None:
+            # Every attempt overlapped a write by the child; the next step reads again.
+            return
+        child.job_handle = state.job_handle
+        child.job_started_at = state.job_started_at
+        child.jobs_done = state.jobs_done
+        if not child.served_jobs and (state.jobs_done or state.job_started_at is not None):
+            # A child that got as far as running a job booted fine.
+            child.ready = True
+            child.served_jobs = True
+            self.policy.record_success(child.task_name)
 
     def next_wait_timeout(self) -> float:
         now = time.monotonic()
@@ -335,6 +356,14 @@ class PoolMaster:
                 entry.task_name
             ):
                 timeout = min(timeout, max(0.0, self.policy.next_spawn_time(entry.task_name) - now))
+        # The master learns of a job start only at its next step, up to IDLE_WAIT later,
+        # but then wakes at the job's deadline, counted from the start the child recorded.
+        for child in self.children.values():
+            entry = self.entries.get(child.task_name)
+            if entry is None or entry.limits.job_timeout is None or child.job_started_at is None or child.kill_sent:
+                continue
+            deadline = child.job_started_at + entry.limits.job_timeout + JOB_TIMEOUT_MARGIN
+            timeout = min(timeout, max(0.0, deadline - now))
         return timeout
 
     # ---- children ----------------------------------------------------------------
@@ -371,30 +400,45 @@ class PoolMaster:
         close_connections_before_fork()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        try:
+            scoreboard = ScoreboardSlot.create()
+        except OSError as exc:
+            logger.error("Cannot create the scoreboard slot of a child for task %r: %s (pid %s)", entry.task_name, exc, self.pid)
+            now = time.monotonic()
+            self.policy.record_exit(entry.task_name, now, now)
+            return None
         report_read, report_write = os.pipe()
 
         # Block the handled signals across fork() so that the child cannot run the
         # master's handlers before it installs its own.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        # Frozen objects are out of reach of the child's garbage collector, which would
+        # otherwise write to every object it scans and so copy the master's pages into
+        # the child. The master unfreezes its own copy right after the fork.
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError as exc:
+            gc.unfreeze()
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             os.close(report_read)
             os.close(report_write)
+            scoreboard.close()
             logger.error("Cannot fork a child for task %r: %s (pid %s)", entry.task_name, exc, self.pid)
             now = time.monotonic()
             self.policy.record_exit(entry.task_name, now, now)
             return None
         if pid == 0:
             master_fds = [self._wakeup_read, self._wakeup_write, report_read]
-            master_fds += [child.report_fd for child in self.children.values() if child.report_fd >= 0]
-            run_child(entry, slot, self.pid, report_write, master_fds, previous_mask)
+            for other in self.children.values():
+                master_fds += [other.report_fd, other.scoreboard.fd if other.scoreboard is not None else -1]
+            run_child(entry, slot, self.pid, report_write, scoreboard, [fd for fd in master_fds if fd >= 0], previous_mask)
+        gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         os.close(report_write)
         os.set_blocking(report_read, False)
 
-        child = ChildProcess(pid, entry.task_name, slot, time.monotonic(), report_fd=report_read)
+        child = ChildProcess(pid, entry.task_name, slot, time.monotonic(), report_fd=report_read, scoreboard=scoreboard)
         self.children[pid] = child
         key = (entry.task_name, slot)
         if key in self.slot_restarts:
@@ -428,6 +472,11 @@ class PoolMaster:
                 # Read what the child wrote before it exited, then close the pipe.
                 self.read_report(child)
                 self.close_report_pipe(child)
+            if child.scoreboard is not None:
+                # A job it ran since the last step still counts as a sign that it booted.
+                self.refresh_job_state(child)
+                child.scoreboard.close()
+                child.scoreboard = None
             self.handle_child_exit(child, status)
 
     def handle_child_exit(self, child: ChildProcess, status: int) -> None:
@@ -596,6 +645,7 @@ class PoolMaster:
                 slot=int(record.get("slot", 0)),
                 started_at=float(record.get("started_at", time.monotonic())),
                 report_fd=report_fd if isinstance(report_fd, int) else -1,
+                scoreboard=adopt_scoreboard(record.get("scoreboard_fd")),
                 generation=PREVIOUS,
                 ready=bool(record.get("ready")),
             )
@@ -724,6 +774,7 @@ class PoolMaster:
     def handle_control_request(self, request: dict) -> dict:
         command = request.get("command")
         if command == "status":
+            self.refresh_job_states()
             return build_status(self)
         if command == "scale":
             return scale_request(self, request)

@@ -1,8 +1,8 @@
 """Code reload on SIGHUP: validate in a fresh interpreter, then re-exec the master.
 
 The master keeps its pid across execv(), so supervisord and systemd keep tracking it and
-the children stay its children. The list of running children and their report pipes
-cross the exec in an environment variable. The new master forks a new generation from
+the children stay its children. The list of running children, with the descriptors of
+their report pipes and scoreboard slots, crosses the exec in an environment variable. The new master forks a new generation from
 the new code and stops each old child only after a new one reported ready.
 """
 
@@ -80,12 +80,16 @@ def reexec_master(argv: list[str], children, reload_pending: bool, control_fd: i
     for child in children:
         if child.report_fd >= 0:
             os.set_inheritable(child.report_fd, True)
+        scoreboard_fd = child.scoreboard.fd if child.scoreboard is not None else -1
+        if scoreboard_fd >= 0:
+            os.set_inheritable(scoreboard_fd, True)
         inherited.append(
             {
                 "pid": child.pid,
                 "task": child.task_name,
                 "slot": child.slot,
                 "fd": child.report_fd,
+                "scoreboard_fd": scoreboard_fd,
                 "started_at": child.started_at,
                 "ready": child.ready,
             }
