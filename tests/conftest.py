@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from gearman_pool.client import GearmanClient
 from gearman_pool.worker import GearmanWorker
 from tests.gearmand import GearmandError, GearmandProcess
 from tests.helpers import WORKER_JOIN_TIMEOUT, WorkerThread
+from tests.project_warnings import WARNING_LOG_ENV, is_fork_with_threads, read_log
 
 try:
     import psutil
@@ -40,11 +42,19 @@ MANAGE_TIMEOUT = 60.0
 KILL_WAIT_TIMEOUT = 5.0
 
 session_gearmand_key = pytest.StashKey[GearmandProcess]()
+# Fork-with-threads warnings seen in this process, as "test id: file:line: message" lines.
+fork_warnings: list[str] = []
+owned_warning_log_key = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("help") or config.getoption("version"):
         return
+    if not os.environ.get(WARNING_LOG_ENV):
+        descriptor, log_path = tempfile.mkstemp(prefix="gearman_pool-warnings-", suffix=".log")
+        os.close(descriptor)
+        os.environ[WARNING_LOG_ENV] = log_path
+        config.stash[owned_warning_log_key] = log_path
     if os.environ.get(SERVER_ENV):
         return
 
@@ -61,7 +71,44 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.GEARMAN_SERVERS = [server.address]
 
 
+def pytest_warning_recorded(warning_message: warnings.WarningMessage, nodeid: str) -> None:
+    if issubclass(warning_message.category, DeprecationWarning) and is_fork_with_threads(
+        warning_message.message
+    ):
+        location = f"{warning_message.filename}:{warning_message.lineno}"
+        fork_warnings.append(f"{nodeid or 'pytest'}: {location}: {warning_message.message}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run when a fork happened while the forking process had threads.
+
+    Python 3.12 and later warn about it. The warning is a bug to fix: a child forked
+    beside a running thread can inherit a lock that the thread held and deadlock on it.
+    """
+    log_path = os.environ.get(WARNING_LOG_ENV)
+    if log_path:
+        fork_warnings.extend(read_log(log_path))
+    if fork_warnings and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if not fork_warnings:
+        return
+    terminalreporter.section("fork with threads", sep="=", red=True)
+    for line in fork_warnings:
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(
+        f"{len(fork_warnings)} fork(s) while the process had more than one thread; the run fails"
+    )
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    log_path = config.stash.get(owned_warning_log_key, None)
+    if log_path:
+        os.environ.pop(WARNING_LOG_ENV, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(log_path)
     server = config.stash.get(session_gearmand_key, None)
     if server is not None:
         server.stop()
