@@ -144,6 +144,16 @@ def total_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def measure_startup(ctx: BenchContext, start_side, worker_count: int) -> dict:
+    """Time one side from its start until gearmand lists ``worker_count`` of its workers."""
+    started = time.monotonic()
+    group = start_side()
+    registered_at = ctx.wait_registered(group, TASK, worker_count)
+    group.terminate()
+    ctx.wait_unregistered(TASK)
+    return {"startup_seconds": registered_at - started}
+
+
 def measure_fleet(
     ctx: BenchContext,
     start_side,
