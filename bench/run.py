@@ -121,9 +121,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--json-out",
         type=Path,
-        default=DEFAULT_JSON_OUT,
         metavar="PATH",
-        help=f"The JSON file of the results (default: {DEFAULT_JSON_OUT.relative_to(REPO_ROOT)}).",
+        help=f"The JSON file of the results (default: {DEFAULT_JSON_OUT.relative_to(REPO_ROOT)}; "
+        "required with --only).",
     )
     parser.add_argument(
         "--max-load",
@@ -156,7 +156,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.only is not None:
         unknown = [name for name in args.only.split(",") if name not in GROUPS]
         if unknown or not args.only:
-            parser.error(f"invalid --only {args.only!r}: give groups from {', '.join(GROUPS)}")
+            parser.error(
+                f"invalid --only {args.only!r}: unknown group {', '.join(map(repr, unknown))}; "
+                f"give groups from {', '.join(GROUPS)}, comma-separated"
+            )
+        if args.json_out is None:
+            # A partial run must not replace the full record that BENCHMARKS.rst is built from.
+            parser.error(f"--only needs --json-out PATH, so that {DEFAULT_JSON_OUT.relative_to(REPO_ROOT)} keeps the full run")
+    if args.json_out is None:
+        args.json_out = DEFAULT_JSON_OUT
     if args.idle_seconds is not None and args.idle_seconds <= 0:
         parser.error(
             f"invalid --idle-seconds {args.idle_seconds}: give a positive number of seconds"

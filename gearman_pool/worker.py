@@ -209,10 +209,14 @@ class GearmanWorker:
             if state.registered or now < state.next_attempt:
                 continue
             try:
-                self._register(state)
+                registered = self._register(state)
             except (ServerUnavailable, ProtocolError, TimeoutError) as exc:
                 self._schedule_reconnect(state, exc)
                 continue
+            if not registered:
+                # A stop request arrived while the server had not confirmed yet.
+                state.connection.close()
+                return
             if state.failures:
                 logger.info(
                     "Reconnected to Gearman server %s for %s after %d failed attempts (pid %s)",
@@ -225,7 +229,8 @@ class GearmanWorker:
             if self.on_registered is not None:
                 self.on_registered(state.connection.address)
 
-    def _register(self, state: _ServerState) -> None:
+    def _register(self, state: _ServerState) -> bool:
+        """Connect and register every task; return False when a stop request cut it short."""
         connection = state.connection
         connection.close()
         connection.connect()
@@ -237,7 +242,8 @@ class GearmanWorker:
         # proves that it has read every CAN_DO above. Only then does on_registered run:
         # the pool retires an old child on it during a reload, and must not do so while
         # gearmand does not yet count the new child as a worker.
-        self._confirm_registration(connection)
+        if not self._confirm_registration(connection):
+            return False
         state.registered = True
         state.sleeping = False
         logger.debug(
@@ -246,15 +252,31 @@ class GearmanWorker:
             connection.address,
             os.getpid(),
         )
+        return True
 
-    def _confirm_registration(self, connection: Connection) -> None:
+    def _confirm_registration(self, connection: Connection) -> bool:
+        """Wait for the reply to an ECHO_REQ; return False when a stop request came first."""
         token = f"registered {os.getpid()}".encode()
         deadline = time.monotonic() + connection.io_timeout
         connection.send_packet(PacketType.ECHO_REQ, token)
         while True:
-            packet = connection.read_packet(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                packet = connection.read_packet(
+                    timeout=max(0.0, deadline - time.monotonic()), wakeup_fd=self._wakeup_read
+                )
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no reply to ECHO_REQ from Gearman server {connection.address} "
+                    f"within {connection.io_timeout:g} s"
+                ) from None
+            if packet is None:
+                # Woken through the pipe: by a stop request, or by wake() for another reason.
+                self._drain_wakeup_pipe()
+                if self._should_stop():
+                    return False
+                continue
             if packet.type == PacketType.ECHO_RES and packet.args[0] == token:
-                return
+                return True
             if packet.type == PacketType.NOOP:
                 # A wake-up for a job queued meanwhile; the first GRAB_JOB_UNIQ finds it.
                 continue

@@ -1183,7 +1183,7 @@ def test_job_timeout_kills_child(make_master, fake_os, clock, caplog):
     with caplog.at_level(logging.ERROR):
         master.kill_overdue_children()
     assert fake_os.signals_sent(signal.SIGKILL) == [pid]
-    assert "job H:host:3 ran 5.5 s, over job_timeout 5 s" in caplog.text
+    assert "job H:host:3 ran 5.50 s, over job_timeout 5 s" in caplog.text
 
 
 def test_wait_ends_at_job_deadline(make_master, clock):
@@ -1197,6 +1197,34 @@ def test_wait_ends_at_job_deadline(make_master, clock):
     clock.now += 4.5
 
     assert master.next_wait_timeout() == pytest.approx(0.5 + master_module.JOB_TIMEOUT_MARGIN)
+
+
+@pytest.mark.parametrize("job_timeout, expected", [(0.4, 0.1), (0.01, 0.05), (60, 1.0)])
+def test_wait_short_for_short_job_timeout(make_master, job_timeout, expected):
+    limited = PoolEntry("gearman_worker_echo", "tests.testapp", "echo", 1, TaskLimits(job_timeout=job_timeout))
+    master = make_master([limited])
+    master.spawn_missing_children()
+
+    assert master.next_wait_timeout() == pytest.approx(expected)
+
+
+def test_job_timeout_kills_during_stop(make_master, fake_os, clock, caplog):
+    limited = PoolEntry("gearman_worker_echo", "tests.testapp", "echo", 1, TaskLimits(job_timeout=5))
+    master = make_master([limited])
+    master.spawn_missing_children()
+    (pid,) = pids_of(master, "echo")
+    start_job(master, master.children[pid], b"H:host:6")
+    master.begin_graceful_stop()
+    clock.now += 4.5
+
+    assert master.next_wait_timeout() == pytest.approx(0.5 + master_module.JOB_TIMEOUT_MARGIN)
+
+    clock.now += 1.5
+    with caplog.at_level(logging.ERROR):
+        master.step()
+
+    assert fake_os.signals_sent(signal.SIGKILL) == [pid]
+    assert "job H:host:6 ran 6.00 s, over job_timeout 5 s" in caplog.text
 
 
 def test_recycled_child_replaced_at_once(make_master, fake_os, clock, caplog):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,6 +122,31 @@ def test_job_timeout_kills_and_refills(spawn_manage, private_gearmand):
     assert "over job_timeout 1 s; killing the child" in log
     assert "killed by SIGKILL (job" in log
     wait_until(lambda: worker_count(private_gearmand.address, "sleep") == 1, message="the slot refilled")
+
+
+def test_job_timeout_below_one_second(spawn_manage, private_gearmand):
+    """A sub-second job_timeout is enforced near its deadline, although the master learns
+    of job starts from the scoreboard rather than from a message per job."""
+    pool = start_pool(spawn_manage, private_gearmand, "--workers", "sleep=1", "--job-timeout", "0.5")
+    wait_until(lambda: worker_count(private_gearmand.address, "sleep") == 1, message="a sleep worker")
+    with GearmanClient([ServerAddress.parse(private_gearmand.address)]) as client:
+        handle = client.submit_job(b"sleep", b"0.9").handle
+
+    wait_until(lambda: f"job {handle} ran" in pool.read_stderr(), timeout=10, message="the job timeout")
+
+    match = re.search(rf"job {re.escape(handle)} ran ([0-9.]+) s, over job_timeout 0.5 s", pool.read_stderr())
+    assert match is not None
+    assert float(match.group(1)) < 0.7
+
+
+def test_child_keeps_one_scoreboard_descriptor(spawn_manage, private_gearmand):
+    pool = start_pool(spawn_manage, private_gearmand, "--workers", "echo=3")
+    wait_until(lambda: worker_count(private_gearmand.address, "echo") == 3, message="3 echo workers")
+
+    for pid in child_pids(pool):
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        slots = [target for target in targets if "gearman_pool-scoreboard" in target]
+        assert len(slots) == 1, f"child {pid} has scoreboard descriptors {slots}"
 
 
 def test_ttin_ttou_change_counts(spawn_manage, private_gearmand):

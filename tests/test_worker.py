@@ -23,7 +23,7 @@ import pytest
 from gearman_pool.address import ServerAddress
 from gearman_pool.client import GearmanClient
 from gearman_pool.errors import JobFailed
-from gearman_pool.protocol import REQUEST_MAGIC, PacketDecoder, PacketType, encode_response
+from gearman_pool.protocol import REQUEST_MAGIC, PacketDecoder, PacketType, encode_request, encode_response
 from gearman_pool.worker import GearmanWorker
 from tests.gearmand import pick_free_port
 from tests.helpers import admin_command, echo_handler, queue_status, wait_until
@@ -438,8 +438,8 @@ def test_more_than_1024_descriptors(address, make_client, start_worker, many_des
     assert time.monotonic() - started < 0.5
 
 
-def test_on_registered_waits_for_gearmand_to_read_can_do(start_worker):
-    """on_registered runs only after the server answered the ECHO_REQ sent after CAN_DO.
+def test_on_registered_waits_for_echo_reply(start_worker):
+    """on_registered runs only after the server replied to the ECHO_REQ sent after CAN_DO.
 
     A scripted server holds its ECHO_RES back; until it sends it, the callback must not
     run, because gearmand would not count the worker yet.
@@ -487,3 +487,25 @@ def test_gearmand_counts_worker_when_on_registered_runs(address, start_worker):
 
     assert done.wait(REGISTER_TIMEOUT)
     assert seen == [True]
+
+
+def test_stop_during_registration_wait(start_worker):
+    """A stop request ends the wait for gearmand's reply to ECHO_REQ at once."""
+    task = new_task("silent")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = ServerAddress("127.0.0.1", listener.getsockname()[1])
+        thread = start_worker([address], {task: echo_handler}, io_timeout=30.0)
+        listener.settimeout(REGISTER_TIMEOUT)
+        server_side, _ = listener.accept()
+        with server_side:
+            # The server reads the registration and never replies.
+            server_side.settimeout(REGISTER_TIMEOUT)
+            received = b""
+            while encode_request(PacketType.ECHO_REQ, b"")[:8] not in received:
+                received += server_side.recv(4096)
+            started = time.monotonic()
+            thread.worker.request_stop()
+            thread.join(JOIN_TIMEOUT)
+
+            assert not thread.is_alive()
+            assert time.monotonic() - started < 0.5

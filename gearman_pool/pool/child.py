@@ -87,11 +87,18 @@ class MasterPipe:
             pass
 
 
-def run_child(entry, slot: int, master_pid: int, report_fd: int, scoreboard, master_fds, blocked_mask) -> None:
-    """Serve ``entry``'s task in this forked child, then end the process with os._exit."""
+def run_child(
+    entry, slot: int, master_pid: int, report_fd: int, scoreboard, master_fds, sibling_slots, blocked_mask
+) -> None:
+    """Serve ``entry``'s task in this forked child, then end the process with os._exit.
+
+    ``master_fds`` and ``sibling_slots`` (the scoreboard slots of the other children) are
+    what the child inherited from the master and closes first.
+    """
     code = EXIT_CRASHED
     try:
-        code = ChildProcessRunner(entry, slot, master_pid, report_fd, scoreboard).run(master_fds, blocked_mask)
+        runner = ChildProcessRunner(entry, slot, master_pid, report_fd, scoreboard)
+        code = runner.run(master_fds, sibling_slots, blocked_mask)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_CRASHED
     except BaseException:
@@ -119,8 +126,8 @@ class ChildProcessRunner:
         self.recycle_reason: str | None = None
         self.reopen_logs_requested = False
 
-    def run(self, master_fds, blocked_mask) -> int:
-        self.reset_signals(master_fds, blocked_mask)
+    def run(self, master_fds, sibling_slots, blocked_mask) -> int:
+        self.reset_signals(master_fds, sibling_slots, blocked_mask)
         set_parent_death_signal(signal.SIGKILL)
         # The master may have died between fork() and prctl(); then no signal will come.
         if os.getppid() != self.master_pid:
@@ -169,12 +176,16 @@ class ChildProcessRunner:
             logger.info("Child for task %r exiting; jobs done: %d (pid %s)", self.task, self.worker.jobs_done, pid)
         return EXIT_OK
 
-    def reset_signals(self, master_fds, blocked_mask) -> None:
-        # The master's wake-up pipe, its pipes from other children and its handlers must
-        # not act in the child.
+    def reset_signals(self, master_fds, sibling_slots, blocked_mask) -> None:
+        # The master's wake-up pipe, its pipes from other children, the other children's
+        # scoreboard slots and its handlers must not act in the child.
         signal.set_wakeup_fd(-1)
-        # The shared mapping of this child's slot stays; its descriptor is the master's.
         self.scoreboard.close_descriptor()
+        for sibling in sibling_slots:
+            try:
+                sibling.close()
+            except OSError:
+                pass
         for fd in master_fds:
             try:
                 os.close(fd)

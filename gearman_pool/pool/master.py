@@ -43,6 +43,10 @@ IDLE_WAIT = 1.0
 # Seconds past a job's deadline at which the master wakes to kill its child, so that the
 # job is over its timeout by then and the wake-up is not repeated.
 JOB_TIMEOUT_MARGIN = 0.01
+# With a job_timeout set, the master reads the scoreboard at least this often, as a share
+# of the shortest job_timeout, but not more often than every JOB_TIMEOUT_MIN_POLL seconds.
+JOB_TIMEOUT_POLL_FRACTION = 0.25
+JOB_TIMEOUT_MIN_POLL = 0.05
 # Seconds between the last child's exit and stopping the pool's own gearmand.
 GEARMAND_STOP_DELAY = 0.5
 
@@ -210,6 +214,9 @@ class PoolMaster:
         self.reap_children()
         self.refresh_job_states()
         if self.stopping:
+            # A job over its job_timeout is killed during a stop too, rather than left
+            # to run until the graceful timeout.
+            self.kill_jobs_over_timeout()
             self.kill_after_deadline()
             self.stop_gearmand_last()
             return
@@ -348,16 +355,28 @@ class PoolMaster:
             if self._children_gone_at is not None:
                 return max(0.0, min(IDLE_WAIT, self._children_gone_at + GEARMAND_STOP_DELAY - now))
             if self._stop_deadline is None:
-                return IDLE_WAIT
-            return max(0.0, min(IDLE_WAIT, self._stop_deadline - now))
+                return self.job_timeout_wait(now)
+            return max(0.0, min(self._stop_deadline - now, self.job_timeout_wait(now)))
         timeout = IDLE_WAIT
         for entry in self.entries.values():
             if self.count_children(entry.task_name) < self.counts[entry.task_name] and not self.policy.is_failed(
                 entry.task_name
             ):
                 timeout = min(timeout, max(0.0, self.policy.next_spawn_time(entry.task_name) - now))
-        # The master learns of a job start only at its next step, up to IDLE_WAIT later,
-        # but then wakes at the job's deadline, counted from the start the child recorded.
+        return min(timeout, self.job_timeout_wait(now))
+
+    def job_timeout_wait(self, now: float) -> float:
+        """Return how long the master may sleep without missing a job's timeout.
+
+        The master learns of a job start only when it reads the child's scoreboard slot at
+        a step. So it steps at least every quarter of the shortest job_timeout, which finds
+        any job before its deadline, and wakes at the deadline of each job it has seen,
+        counted from the start that the child recorded.
+        """
+        timeout = IDLE_WAIT
+        for entry in self.entries.values():
+            if entry.limits.job_timeout is not None:
+                timeout = min(timeout, max(JOB_TIMEOUT_MIN_POLL, entry.limits.job_timeout * JOB_TIMEOUT_POLL_FRACTION))
         for child in self.children.values():
             entry = self.entries.get(child.task_name)
             if entry is None or entry.limits.job_timeout is None or child.job_started_at is None or child.kill_sent:
@@ -430,9 +449,9 @@ class PoolMaster:
             return None
         if pid == 0:
             master_fds = [self._wakeup_read, self._wakeup_write, report_read]
-            for other in self.children.values():
-                master_fds += [other.report_fd, other.scoreboard.fd if other.scoreboard is not None else -1]
-            run_child(entry, slot, self.pid, report_write, scoreboard, [fd for fd in master_fds if fd >= 0], previous_mask)
+            master_fds += [other.report_fd for other in self.children.values() if other.report_fd >= 0]
+            sibling_slots = [other.scoreboard for other in self.children.values() if other.scoreboard is not None]
+            run_child(entry, slot, self.pid, report_write, scoreboard, master_fds, sibling_slots, previous_mask)
         gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         os.close(report_write)
@@ -803,29 +822,11 @@ class PoolMaster:
         """SIGKILL children past a deadline: a job over its task's job_timeout, or a
         SIGTERM outside a pool stop (a reload retiring it, or scaling down) ignored for
         longer than the graceful timeout."""
+        self.kill_jobs_over_timeout()
         now = time.monotonic()
         for child in self.children.values():
             if child.kill_sent:
                 continue
-            entry = self.entries.get(child.task_name)
-            job_timeout = entry.limits.job_timeout if entry is not None else None
-            if job_timeout is not None and child.job_started_at is not None:
-                elapsed = now - child.job_started_at
-                if elapsed > job_timeout:
-                    logger.error(
-                        "Child %s of task %r: job %s ran %.1f s, over job_timeout %g s; killing the child, "
-                        "and gearmand will requeue the job (pid %s)",
-                        child.pid,
-                        child.task_name,
-                        child.job_handle,
-                        elapsed,
-                        job_timeout,
-                        self.pid,
-                    )
-                    child.kill_reason = f"job {child.job_handle} over job_timeout {job_timeout:g} s"
-                    self.signal_child(child, signal.SIGKILL)
-                    child.kill_sent = True
-                    continue
             if child.term_sent_at is not None and now - child.term_sent_at >= self.graceful_timeout:
                 logger.warning(
                     "Killing child %s of task %r: still running %g s after SIGTERM (pid %s)",
@@ -836,6 +837,32 @@ class PoolMaster:
                 )
                 self.signal_child(child, signal.SIGKILL)
                 child.kill_sent = True
+
+    def kill_jobs_over_timeout(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.kill_sent:
+                continue
+            entry = self.entries.get(child.task_name)
+            job_timeout = entry.limits.job_timeout if entry is not None else None
+            if job_timeout is None or child.job_started_at is None:
+                continue
+            elapsed = now - child.job_started_at
+            if elapsed <= job_timeout:
+                continue
+            logger.error(
+                "Child %s of task %r: job %s ran %.2f s, over job_timeout %g s; killing the child, "
+                "and gearmand will requeue the job (pid %s)",
+                child.pid,
+                child.task_name,
+                child.job_handle,
+                elapsed,
+                job_timeout,
+                self.pid,
+            )
+            child.kill_reason = f"job {child.job_handle} over job_timeout {job_timeout:g} s"
+            self.signal_child(child, signal.SIGKILL)
+            child.kill_sent = True
 
     def stop_now(self) -> None:
         if not self.stopping:

@@ -47,7 +47,11 @@ class JobState:
 
 
 class ScoreboardSlot:
-    """One child's slot. The master creates it before fork() and keeps its descriptor."""
+    """One child's slot. The master creates it before fork() and keeps its descriptor.
+
+    The master keeps two descriptors per slot: ``fd``, which it hands over across a
+    re-exec, and the duplicate inside the mmap object.
+    """
 
     def __init__(self, fd: int):
         self.fd = fd
@@ -77,7 +81,11 @@ class ScoreboardSlot:
             self.fd = -1
 
     def close_descriptor(self) -> None:
-        """Close the descriptor but keep the mapping; a child needs only the mapping."""
+        """Close the descriptor that the master keeps, and keep the mapping for the child.
+
+        CPython's mmap keeps a duplicate of the descriptor of its own, so a child keeps one
+        descriptor of its slot open.
+        """
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
