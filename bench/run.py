@@ -25,6 +25,7 @@ Needs the package with its test extra and pygearman (pip install -r bench/requir
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import datetime
 import importlib.metadata
@@ -206,6 +207,18 @@ def wait_for_load(max_load: float, max_wait: float) -> None:
             f"waiting {LOAD_POLL_INTERVAL:g} s"
         )
         time.sleep(LOAD_POLL_INTERVAL)
+
+
+def compile_bytecode() -> None:
+    """Write the .pyc files of the package and the benchmark project.
+
+    pip compiles a package when it installs it, so deployed workers do not compile source
+    at start. An editable install run with PYTHONDONTWRITEBYTECODE=1 would compile every
+    module of the package at every process start, which would count in the start-up.
+    """
+    for directory in ("gearman_pool", "django_gearman_commands", "bench"):
+        if not compileall.compile_dir(REPO_ROOT / directory, quiet=1):
+            raise BenchError(f"compiling the bytecode of {directory}/ failed; see the output above")
 
 
 def alternate(title: str, sides: dict, repeat: int, measure) -> dict[str, list[dict]]:
@@ -574,6 +587,7 @@ def main(argv: list[str]) -> int:
     try:
         if args.max_load is not None:
             wait_for_load(args.max_load, args.load_wait)
+        compile_bytecode()
         load_before = os.getloadavg()
         started = time.time()
         work_dir = Path(tempfile.mkdtemp(prefix="gearman_pool-bench-"))

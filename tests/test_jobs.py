@@ -9,9 +9,11 @@ import json
 from unittest import mock
 
 import pytest
+from django.db.backends.signals import connection_created
 from django.test import override_settings
 
 from gearman_pool.jobs import (
+    _ConnectionTracker,
     InvalidWorkerCommand,
     JobRunner,
     build_job_runner,
@@ -136,6 +138,35 @@ def test_runner_returns_encoded_result():
     assert json.loads(encoded.decode("utf-8")) == {"total": 3, "name": "ž"}
 
 
+@pytest.fixture
+def connection_opened(monkeypatch):
+    """Mark the process as one that has opened a database connection."""
+    monkeypatch.setattr(_ConnectionTracker, "opened", True)
+
+
+@pytest.fixture
+def no_connection_opened(monkeypatch):
+    monkeypatch.setattr(_ConnectionTracker, "opened", False)
+
+
+def test_runner_skips_cleanup_without_connections(no_connection_opened):
+    with mock.patch("gearman_pool.jobs.close_old_connections") as close_old_connections:
+        JobRunner("echo", lambda job_data: "ok")(make_job(b"x"))
+
+    assert close_old_connections.call_count == 0
+
+
+def test_connection_created_enables_cleanup(no_connection_opened):
+    connection_created.send(sender=object, connection=object())
+
+    assert _ConnectionTracker.opened
+    with mock.patch("gearman_pool.jobs.close_old_connections") as close_old_connections:
+        JobRunner("echo", lambda job_data: "ok")(make_job(b"x"))
+
+    assert close_old_connections.call_count == 2
+
+
+@pytest.mark.usefixtures("connection_opened")
 def test_runner_closes_old_connections_around_job():
     calls = []
 
@@ -150,6 +181,7 @@ def test_runner_closes_old_connections_around_job():
     assert calls == ["close_old_connections", "do_job", "close_old_connections"]
 
 
+@pytest.mark.usefixtures("connection_opened")
 def test_runner_closes_old_connections_after_failure():
     def do_job(job_data):
         raise ValueError("job failed")
@@ -161,6 +193,7 @@ def test_runner_closes_old_connections_after_failure():
     assert close_old_connections.call_count == 2
 
 
+@pytest.mark.usefixtures("connection_opened")
 def test_runner_closes_old_connections_after_unencodable_result():
     command = RecordingCommand(result=object())
 
