@@ -441,7 +441,7 @@ def test_more_than_1024_descriptors(address, make_client, start_worker, many_des
 def test_on_registered_waits_for_echo_reply(start_worker):
     """on_registered runs only after the server replied to the ECHO_REQ sent after CAN_DO.
 
-    A scripted server holds its ECHO_RES back; until it sends it, the callback must not
+    A scripted server delays its ECHO_RES. Until it sends it, the callback must not
     run, because gearmand would not count the worker yet.
     """
     task = new_task("echo-confirm")

@@ -1,7 +1,7 @@
 """Probes that tests/test_project_warnings.py runs in a child pytest, one at a time.
 
 The file name does not match pytest's test file pattern, so a normal run does not collect
-it; a path given on the command line is collected all the same.
+it. pytest still collects a path given on the command line.
 """
 
 from __future__ import annotations

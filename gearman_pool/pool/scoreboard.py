@@ -10,7 +10,7 @@ temporary file. Its descriptor crosses the master's re-exec on reload, so the ne
 image reads the slots of the children it adopts.
 
 Writes follow the seqlock pattern: the child makes the sequence number odd, writes the
-fields, then makes it even again. A read that sees an odd number, or a different number
+fields, then makes it even again. A read that finds an odd number, or a different number
 after the fields, is retried, and after RETRIES failed attempts the master keeps the state
 it read last.
 """

@@ -123,7 +123,7 @@ def confirm_registration(connection: ScriptedConnection, timeout: float = 5.0) -
     """Reply to the worker's first ECHO_REQ as gearmand does; return False if none came.
 
     A worker sends ECHO_REQ after its CAN_DO packets and waits for the reply before it
-    asks for a job, so a script that tests the job path must send this reply first.
+    requests a job, so a script that tests the job path must send this reply first.
     """
     deadline = time.monotonic() + timeout
     while True:
